@@ -1,0 +1,3 @@
+"""scrapvision: computer-vision scrap sorting, from labelled photos to ejector decisions."""
+
+__version__ = "0.1.0"

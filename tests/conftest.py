@@ -1,0 +1,30 @@
+"""Shared fixtures: tiny models built in the test run (no downloads, no torch)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from tinymodel import build_tiny_model  # noqa: E402
+
+from scrapvision.registry import ModelRegistry  # noqa: E402
+
+
+@pytest.fixture
+def tiny_model(tmp_path: Path) -> Path:
+    """Path to a tiny valid scrapvision ONNX model (classes blue/green/red)."""
+    return build_tiny_model(tmp_path / "tiny.onnx")
+
+
+@pytest.fixture
+def models_dir(tmp_path: Path) -> Path:
+    """A models/ registry holding one active tiny model named 'tiny' (version v1)."""
+    root = tmp_path / "models"
+    registry = ModelRegistry(root)
+    registry.add("tiny", build_tiny_model(tmp_path / "build" / "tiny.onnx"))
+    registry.promote("tiny", "v1")
+    return root
