@@ -77,3 +77,13 @@ def machine_info() -> dict[str, Any]:
         "onnxruntime": onnxruntime.__version__,
         "load_average": [round(x, 2) for x in os.getloadavg()],
     }
+
+
+def default_model() -> Path:
+    """The shipped ewaste model when it exists, else the stand-in from `bench.standin`."""
+    from scrapvision.registry import ModelRegistry, RegistryError  # noqa: PLC0415
+
+    try:
+        return ModelRegistry(REPO / "models").model_path("ewaste")
+    except RegistryError:
+        return OUT / "standin" / "model.onnx"
