@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import typer
 
+from scrapvision import models_cli
 from scrapvision.audit import commands as audit_commands
 from scrapvision.service import commands as service_commands
 from scrapvision.training import commands as training_commands
@@ -21,3 +22,4 @@ app = typer.Typer(
 training_commands.register(app)
 service_commands.register(app)
 audit_commands.register(app)
+models_cli.register(app)
