@@ -1,0 +1,184 @@
+"""Group commit: a bounded in-memory buffer drained by one background thread.
+
+The request path only appends to the buffer (`offer` never blocks on I/O and never
+raises); the thread writes whatever accumulated every `interval_s` in one transaction, so
+one fsync covers hundreds of decisions. While the database is away the buffer keeps
+filling up to its bound and the thread retries with exponential backoff; what does not
+fit is counted, never silently lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from itertools import islice
+from typing import Generic, TypeVar
+
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+log = logging.getLogger(__name__)
+
+Item = TypeVar("Item")
+
+
+@dataclass(slots=True)
+class WriterStats:
+    buffered: int = 0
+    written: int = 0
+    dropped_full: int = 0  # refused because the buffer was at its bound
+    rejected: int = 0  # rows the database refused on their own (bad data), skipped
+    lost_at_close: int = 0  # still buffered when close() gave up on an unreachable database
+    commits: int = 0
+    write_errors: int = 0
+    last_error: str | None = None
+    last_commit_time: float | None = None
+
+
+class GroupCommitWriter(Generic[Item]):
+    """Drains a bounded buffer through `write(batch)` every `interval_s` seconds.
+
+    `write` must write the whole batch in one transaction or raise. A batch leaves the
+    buffer only after it is written, so a failed batch is retried in order. If `write`
+    fails for a reason other than the database being unreachable, the batch is retried
+    item by item and the items that still fail are counted as rejected, so one bad row
+    cannot block the rest.
+    """
+
+    def __init__(
+        self,
+        write: Callable[[list[Item]], None],
+        *,
+        interval_s: float,
+        max_buffered: int,
+        max_batch: int,
+        retry_max_s: float,
+        periodic: Callable[[], None] | None = None,
+        periodic_interval_s: float = 3600.0,
+        name: str = "audit-writer",
+    ) -> None:
+        self._write = write
+        self.interval_s = interval_s
+        self.max_buffered = max_buffered
+        self.max_batch = max_batch
+        self.retry_max_s = retry_max_s
+        self._periodic = periodic
+        self._periodic_interval_s = periodic_interval_s
+        self._buffer: deque[Item] = deque()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._stats = WriterStats()
+        self._failures = 0
+
+    def offer(self, item: Item) -> bool:
+        """Append `item` for the next commit; False (and counted) when the buffer is full."""
+        with self._lock:
+            if len(self._buffer) >= self.max_buffered:
+                self._stats.dropped_full += 1
+                return False
+            self._buffer.append(item)
+            return True
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stop the thread after writing everything buffered (one last try if it fails)."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        if not self.drain():
+            with self._lock:
+                self._stats.lost_at_close += len(self._buffer)
+                log.error("audit: %d buffered decisions could not be written at close: %s",
+                          len(self._buffer), self._stats.last_error)
+                self._buffer.clear()
+
+    def stats(self) -> WriterStats:
+        with self._lock:
+            self._stats.buffered = len(self._buffer)
+            return replace(self._stats)
+
+    def drain(self) -> bool:
+        """Write batches until the buffer is empty; False when the database refused."""
+        while True:
+            with self._lock:
+                batch = list(islice(self._buffer, self.max_batch))
+            if not batch:
+                return True
+            if not self._write_batch(batch):
+                return False
+            with self._lock:
+                for _ in batch:
+                    self._buffer.popleft()
+
+    def _run(self) -> None:
+        next_periodic = time.monotonic() + self._periodic_interval_s
+        wait = self.interval_s
+        while not self._stop.wait(wait):
+            wait = self.interval_s if self.drain() else self._backoff()
+            if self._periodic is not None and time.monotonic() >= next_periodic:
+                next_periodic = time.monotonic() + self._periodic_interval_s
+                self._run_periodic()
+
+    def _backoff(self) -> float:
+        return min(self.retry_max_s, self.interval_s * 2 ** min(self._failures, 16))
+
+    def _write_batch(self, batch: list[Item]) -> bool:
+        try:
+            self._write(batch)
+        except DBAPIError as error:
+            if _unreachable(error):
+                self._record_failure(error)
+                return False
+            self._write_one_by_one(batch)
+        except Exception:  # noqa: BLE001 - a bug in one batch must not stop the writer
+            log.exception("audit: batch write failed, retrying row by row")
+            self._write_one_by_one(batch)
+        else:
+            self._record_success(len(batch))
+        return True
+
+    def _write_one_by_one(self, batch: list[Item]) -> None:
+        for item in batch:
+            try:
+                self._write([item])
+            except Exception as error:  # noqa: BLE001 - counted and logged, then skipped
+                with self._lock:
+                    self._stats.rejected += 1
+                    self._stats.last_error = repr(error)
+                log.warning("audit: decision refused by the database, skipped: %r", error)
+            else:
+                self._record_success(1)
+
+    def _record_success(self, count: int) -> None:
+        if self._failures:
+            log.info("audit: database reachable again after %d failed writes", self._failures)
+        self._failures = 0
+        with self._lock:
+            self._stats.written += count
+            self._stats.commits += 1
+            self._stats.last_commit_time = time.time()
+
+    def _record_failure(self, error: Exception) -> None:
+        if not self._failures:
+            log.error("audit: database unreachable, buffering decisions: %s", error)
+        self._failures += 1
+        with self._lock:
+            self._stats.write_errors += 1
+            self._stats.last_error = repr(error)
+
+    def _run_periodic(self) -> None:
+        try:
+            self._periodic()
+        except Exception:  # noqa: BLE001 - retention failing must not stop the writer
+            log.exception("audit: periodic job failed")
+
+
+def _unreachable(error: DBAPIError) -> bool:
+    """True when the database (not the data) is the problem: worth retrying the batch."""
+    return error.connection_invalidated or isinstance(error, (OperationalError, InterfaceError))
