@@ -14,6 +14,7 @@ import numpy as np
 
 MAX_PIXELS = 40_000_000  # 40 MP: far above any line camera, far below a bomb
 MAX_SIDE = 16_384
+COLOUR_ORDERS = ("BGR", "RGB")
 
 _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 _REDUCED_FLAGS = ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4),
@@ -102,6 +103,8 @@ def decode_frame(
     The whole frame is resized (no crop), with area interpolation, to the model input.
     Raises DecodeError with a message fit for the client.
     """
+    if colour_order not in COLOUR_ORDERS:  # a model/config fault, not the client's
+        raise ValueError(f"colour order must be one of {COLOUR_ORDERS}, got {colour_order!r}")
     data = bytes(data) if not isinstance(data, bytes) else data
     if not data:
         raise DecodeError("empty frame body")
