@@ -87,7 +87,10 @@ def _check_signature(session: ort.InferenceSession, info: ModelInfo, path: Path)
             f"{path}: input shape {shape} does not match (N, {expected[0]}, {expected[1]}, 3) "
             "from its metadata"
         )
-    classes = outputs[OUTPUT_NAME].shape[-1]
+    output_shape = outputs[OUTPUT_NAME].shape
+    if len(output_shape) != 2:
+        raise ModelLoadError(f"{path}: output shape {output_shape} is not (N, classes)")
+    classes = output_shape[-1]
     if isinstance(classes, int) and classes != info.num_classes:
         raise ModelLoadError(
             f"{path}: graph outputs {classes} classes, metadata names {info.num_classes}"
