@@ -363,7 +363,9 @@ def compare_evaluations(a: Evaluation, b: Evaluation,
     only_b = int((b.test_correct & ~a.test_correct).sum())
     p_value = mcnemar_p_value(only_a, only_b)
     ma, mb = a.card["metrics"], b.card["metrics"]
-    key_a, key_b = (ma["top1"], -ma["ece_after"]), (mb["top1"], -mb["ece_after"])
+    # Counts, and ECE to the 4 decimals shown, so float noise never picks a winner.
+    key_a = (int(a.test_correct.sum()), -round(ma["ece_after"], 4))
+    key_b = (int(b.test_correct.sum()), -round(mb["ece_after"], 4))
     if key_a == key_b:
         better, verdict = None, "the two models score the same on these rows"
     else:

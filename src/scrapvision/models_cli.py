@@ -44,7 +44,7 @@ def _clear_errors() -> Iterator[None]:
     try:
         yield
     except (ValueError, RegistryError) as exc:  # ValueError: data, decode, model, evaluation
-        console.print(f"[red]error:[/red] {exc}")
+        console.print(f"[red]error:[/red] {exc}", soft_wrap=True)  # paths stay copyable
         raise typer.Exit(1) from exc
 
 
@@ -83,7 +83,8 @@ def evaluate(
     with _clear_errors():
         path = resolve_model(model, models_dir)
         card = evaluate_model(path, _load(data, split_csv), target_purity=target_purity,
-                              out_dir=out, note=note, data_roots=data, progress=True)
+                              out_dir=out, note=note, data_roots=data,
+                              progress=console.is_terminal)
     metrics = card["metrics"]
     console.print(f"{card['model']['name']}:{card['model']['version']}: top-1 "
                   f"{metrics['top1']:.2%}, macro F1 {metrics['macro_f1']:.3f}, ECE "
@@ -132,7 +133,7 @@ def compare(
         paths = [resolve_model(ref, models_dir) for ref in (model_a, model_b)]
         samples = _load(data, split_csv)
         a, b = (run_evaluation(path, samples, target_purity=target_purity, data_roots=data,
-                               progress=True) for path in paths)
+                               progress=console.is_terminal) for path in paths)
     refs = [f"{e.card['model']['name']}:{e.card['model']['version']} ({ref})"
             for e, ref in zip((a, b), (model_a, model_b))]
     console.print(_summary_table(a.card, b.card, refs))
