@@ -23,6 +23,7 @@ MODEL_FILE = "model.onnx"
 CARD_FILE = "card.json"
 ACTIVE_FILE = "active.json"
 _VERSION = re.compile(r"^v(\d+)$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # one folder, never a path
 
 
 class RegistryError(LookupError):
@@ -39,6 +40,13 @@ def write_json_atomic(path: Path, data: Any) -> None:
     os.replace(tmp.name, path)
 
 
+def check_name(name: str) -> str:
+    """Refuse a model name that is not a plain folder name (no '/', '..' or hidden dir)."""
+    if not _NAME.match(name):
+        raise RegistryError(f"invalid model name {name!r}: use letters, digits, '_', '.', '-'")
+    return name
+
+
 class ModelRegistry:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
@@ -46,10 +54,11 @@ class ModelRegistry:
     def names(self) -> list[str]:
         if not self.root.is_dir():
             return []
-        return sorted(p.name for p in self.root.iterdir() if self.versions(p.name))
+        return sorted(p.name for p in self.root.iterdir()
+                      if _NAME.match(p.name) and self.versions(p.name))
 
     def versions(self, name: str) -> list[str]:
-        folder = self.root / name
+        folder = self.root / check_name(name)
         if not folder.is_dir():
             return []
         found = [p.name for p in folder.iterdir() if _VERSION.match(p.name)
@@ -57,7 +66,7 @@ class ModelRegistry:
         return sorted(found, key=lambda v: int(v[1:]))
 
     def _state(self, name: str) -> dict[str, Any]:
-        path = self.root / name / ACTIVE_FILE
+        path = self.root / check_name(name) / ACTIVE_FILE
         if path.is_file():
             return json.loads(path.read_text())
         versions = self.versions(name)  # a model folder without active.json: newest wins
@@ -91,9 +100,15 @@ class ModelRegistry:
 
     def add(self, name: str, model_file: Path, version: str | None = None) -> str:
         """Copy an exported model in as a new, not yet active, version."""
+        if not Path(model_file).is_file():  # checked first: no empty version folder left
+            raise RegistryError(f"model file {model_file} does not exist")
         version = version or self.next_version(name)
-        target = self.root / name / version
-        target.mkdir(parents=True, exist_ok=False)
+        if not _VERSION.match(version):
+            raise RegistryError(f"invalid version {version!r}: versions are v1, v2, ...")
+        target = self.root / check_name(name) / version
+        if target.exists():
+            raise RegistryError(f"model '{name}' already has a version '{version}'")
+        target.mkdir(parents=True)
         shutil.copy2(model_file, target / MODEL_FILE)
         return version
 

@@ -1,0 +1,130 @@
+"""ModelRegistry: versions on disk, the active one, promotion and rollback."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from tinymodel import build_tiny_model
+
+from scrapvision.registry import ModelRegistry, RegistryError
+
+
+@pytest.fixture
+def onnx_file(tmp_path: Path) -> Path:
+    return build_tiny_model(tmp_path / "build" / "m.onnx")
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> ModelRegistry:
+    return ModelRegistry(tmp_path / "models")
+
+
+def test_add_numbers_versions_and_sorts_them_numerically(registry: ModelRegistry,
+                                                         onnx_file: Path) -> None:
+    assert registry.next_version("tiny") == "v1"
+    for _ in range(10):
+        registry.add("tiny", onnx_file)
+    assert registry.versions("tiny") == [f"v{n}" for n in range(1, 11)]
+    assert registry.model_path("tiny", "v10").read_bytes() == onnx_file.read_bytes()
+    assert registry.names() == ["tiny"]
+
+
+def test_without_active_file_the_newest_version_is_active(registry: ModelRegistry,
+                                                          onnx_file: Path) -> None:
+    registry.add("tiny", onnx_file)
+    registry.add("tiny", onnx_file)
+    assert registry.active("tiny") == "v2"
+    assert registry.model_path("tiny") == registry.root / "tiny" / "v2" / "model.onnx"
+
+
+def test_promote_then_rollback_steps_back_through_history(registry: ModelRegistry,
+                                                          onnx_file: Path) -> None:
+    for _ in range(3):
+        registry.add("tiny", onnx_file)
+    registry.promote("tiny", "v1")
+    registry.promote("tiny", "v3")
+    registry.promote("tiny", "v2")
+    assert registry.history("tiny") == ["v1", "v3", "v2"]
+    assert registry.rollback("tiny") == "v3"
+    assert registry.active("tiny") == "v3"
+    assert registry.rollback("tiny") == "v1"
+    with pytest.raises(RegistryError, match="no earlier promoted version"):
+        registry.rollback("tiny")
+    state = json.loads((registry.root / "tiny" / "active.json").read_text())
+    assert state == {"active": "v1", "history": ["v1"]}
+
+
+def test_promoting_again_moves_a_version_to_the_end(registry: ModelRegistry,
+                                                    onnx_file: Path) -> None:
+    registry.add("tiny", onnx_file)
+    registry.add("tiny", onnx_file)
+    registry.promote("tiny", "v1")
+    registry.promote("tiny", "v2")
+    registry.promote("tiny", "v1")
+    assert registry.history("tiny") == ["v2", "v1"]
+
+
+def test_unknown_model_and_version_are_refused(registry: ModelRegistry,
+                                               onnx_file: Path) -> None:
+    with pytest.raises(RegistryError, match="no model named 'ghost'"):
+        registry.active("ghost")
+    registry.add("tiny", onnx_file)
+    with pytest.raises(RegistryError, match="has no version 'v5'"):
+        registry.promote("tiny", "v5")
+    assert not (registry.root / "tiny" / "active.json").exists()
+
+
+def test_card_is_none_until_written(registry: ModelRegistry, onnx_file: Path) -> None:
+    registry.add("tiny", onnx_file)
+    assert registry.card("tiny") is None
+    (registry.version_dir("tiny") / "card.json").write_text('{"metrics": {"top1": 0.9}}')
+    assert registry.card("tiny", "v1") == {"metrics": {"top1": 0.9}}
+
+
+def test_folders_that_are_not_versions_are_ignored(registry: ModelRegistry,
+                                                   onnx_file: Path) -> None:
+    registry.add("tiny", onnx_file)
+    (registry.root / "tiny" / "scratch").mkdir()
+    (registry.root / "tiny" / "v7").mkdir()  # no model.onnx: an interrupted copy
+    (registry.root / ".cache" / "v1").mkdir(parents=True)
+    assert registry.versions("tiny") == ["v1"]
+    assert registry.names() == ["tiny"]
+    assert ModelRegistry(registry.root / "absent").names() == []
+
+
+@pytest.mark.parametrize("name", ["../outside", "a/b", ".hidden", ""])
+def test_names_that_are_paths_are_refused(registry: ModelRegistry, onnx_file: Path,
+                                          name: str) -> None:
+    with pytest.raises(RegistryError, match="invalid model name"):
+        registry.add(name, onnx_file)
+    with pytest.raises(RegistryError, match="invalid model name"):
+        registry.model_path(name)
+    assert not (registry.root.parent / "outside").exists()
+
+
+@pytest.mark.parametrize("version", ["latest", "1", "v1/../../x"])
+def test_versions_that_would_be_invisible_are_refused(registry: ModelRegistry,
+                                                      onnx_file: Path, version: str) -> None:
+    with pytest.raises(RegistryError, match="invalid version"):
+        registry.add("tiny", onnx_file, version=version)
+
+
+def test_adding_an_existing_version_or_missing_file_is_refused(registry: ModelRegistry,
+                                                               onnx_file: Path,
+                                                               tmp_path: Path) -> None:
+    registry.add("tiny", onnx_file, version="v1")
+    with pytest.raises(RegistryError, match="already has a version 'v1'"):
+        registry.add("tiny", onnx_file, version="v1")
+    with pytest.raises(RegistryError, match="does not exist"):
+        registry.add("tiny", tmp_path / "missing.onnx")
+    assert registry.next_version("tiny") == "v2"
+    assert not (registry.root / "tiny" / "v2").exists()
+
+
+def test_promotion_leaves_no_temporary_files(registry: ModelRegistry, onnx_file: Path) -> None:
+    registry.add("tiny", onnx_file)
+    registry.promote("tiny", "v1")
+    registry.promote("tiny", "v1")
+    assert sorted(p.name for p in (registry.root / "tiny").iterdir()) == ["active.json", "v1"]
