@@ -27,11 +27,19 @@ def test_markdown_states_model_data_results_and_thresholds(card: dict) -> None:
     assert text.startswith("# Model card: tiny:v1\n")
     assert "tiny-colour-test" in text and "colour squares" in text
     assert f"{card['metrics']['top1']:.2%}" in text
-    assert card["data"]["fingerprint"] in text
+    assert f"`{card['data']['fingerprint']}` (the model does not record" in text
     assert "| blue | 4 | 30 | 30 |" in text  # class counts in train/val/test order
     assert "## Eject thresholds for 95% purity" in text
     for name, entry in card["thresholds"].items():
         assert f"| {name} | {entry['threshold']:.4f} |" in text
+
+
+def test_markdown_says_whether_the_data_is_the_training_data(card: dict) -> None:
+    card = copy.deepcopy(card)
+    card["data"]["training_fingerprint"] = card["data"]["fingerprint"]
+    assert "the model's own training data and split" in render_markdown(card)
+    card["data"]["training_fingerprint"] = "abc123"
+    assert "not the model's training data, which was `abc123`" in render_markdown(card)
 
 
 def test_markdown_says_never_for_a_class_without_threshold(card: dict) -> None:

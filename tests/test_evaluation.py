@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -249,3 +251,11 @@ def test_compare_refuses_different_rows() -> None:
     b = Evaluation(a.card, a.test_correct, ["x", "y"])
     with pytest.raises(EvaluationError, match="same test rows"):
         compare_evaluations(a, b)
+
+
+def test_evaluation_path_never_imports_torch() -> None:
+    code = ("import sys, scrapvision.cli, scrapvision.evaluation, scrapvision.cards; "
+            "print(sorted(m for m in ('torch', 'torchvision', 'timm') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"

@@ -87,6 +87,15 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value:.1%}"
 
 
+def _provenance(data: dict[str, Any]) -> str:
+    """How the evaluation data relates to the data the model was trained on."""
+    if not data["training_fingerprint"]:
+        return "the model does not record its training data"
+    if data["fingerprint"] == data["training_fingerprint"]:
+        return "the model's own training data and split: test rows were held out"
+    return f"not the model's training data, which was `{data['training_fingerprint']}`"
+
+
 def render_markdown(card: dict[str, Any]) -> str:
     """Human-readable card; every figure in it comes from `card` itself."""
     model, data, metrics = card["model"], card["data"], card["metrics"]
@@ -103,9 +112,7 @@ def render_markdown(card: dict[str, Any]) -> str:
         "## Data",
         "",
         f"- Roots: {', '.join(data['roots']) or 'not recorded'}",
-        f"- Fingerprint: `{data['fingerprint']}`"
-        + (" (the model's training data)" if data["fingerprint"] == data["training_fingerprint"]
-           else f" (model trained on `{data['training_fingerprint'] or 'unknown'}`)"),
+        f"- Fingerprint: `{data['fingerprint']}` ({_provenance(data)})",
         "",
         "| class | " + " | ".join(splits) + " |",
         "|---|" + "---|" * len(splits),
