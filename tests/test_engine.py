@@ -109,6 +109,7 @@ def test_onnx_without_scrapvision_metadata_is_refused(tmp_path: Path, tiny_model
     ({"class_names": "[not json"}, "plain.onnx"),
     ({"temperature": "0"}, "temperature"),
     ({"input_size": "[32]"}, "input_size"),
+    ({"colour_order": "rgb"}, "colour order 'rgb'"),
 ])
 def test_broken_metadata_is_refused(tmp_path: Path, entries: dict, message: str) -> None:
     path = set_metadata(build_tiny_model(tmp_path / "plain.onnx"), **entries)

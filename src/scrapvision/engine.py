@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from scrapvision.decode import COLOUR_ORDERS
 from scrapvision.modelmeta import INPUT_NAME, OUTPUT_NAME, ModelInfo
 
 
@@ -77,6 +78,9 @@ def _check_signature(session: ort.InferenceSession, info: ModelInfo, path: Path)
             f"{path}: expected input '{INPUT_NAME}' and output '{OUTPUT_NAME}', "
             f"found inputs {sorted(inputs)} and outputs {sorted(outputs)}"
         )
+    if info.colour_order not in COLOUR_ORDERS:
+        raise ModelLoadError(f"{path}: colour order {info.colour_order!r} is not one of "
+                             f"{COLOUR_ORDERS}")
     image_input = inputs[INPUT_NAME]
     if image_input.type != "tensor(uint8)":
         raise ModelLoadError(f"{path}: input must be uint8, is {image_input.type}")
