@@ -259,3 +259,20 @@ def test_evaluation_path_never_imports_torch() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_macro_f1_leaves_out_classes_absent_from_test(samples: list[Sample],
+                                                      tiny_model: Path) -> None:
+    no_green = [s for s in samples if not (s.split == "test" and s.label == "green")]
+    metrics = run_evaluation(tiny_model, no_green).card["metrics"]
+    assert metrics["per_class"]["green"]["support"] == 0
+    present = [metrics["per_class"][c]["f1"] for c in ("blue", "red")]
+    assert metrics["macro_f1"] == pytest.approx(np.mean(present))
+
+
+def test_evaluating_twice_gives_the_same_temperature(samples: list[Sample],
+                                                     tiny_model: Path) -> None:
+    first = evaluate_model(tiny_model, samples)
+    second = evaluate_model(tiny_model, samples)  # fitted on raw logits, not on stored T
+    assert second["metrics"]["temperature"] == first["metrics"]["temperature"]
+    assert second["thresholds"] == first["thresholds"]

@@ -192,8 +192,8 @@ def purity_threshold(probs: np.ndarray, labels: np.ndarray, cls: int,
     Recall only falls as the threshold rises, so the lowest threshold that reaches the
     target keeps the most recall. Ties in confidence are accepted or refused together.
     """
-    confidence = probs[:, cls][probs.argmax(axis=1) == cls]
-    correct = (labels == cls)[probs.argmax(axis=1) == cls]
+    predicted = probs.argmax(axis=1) == cls
+    confidence, correct = probs[predicted, cls], labels[predicted] == cls
     if confidence.size == 0:
         return None
     order = np.argsort(-confidence, kind="stable")
@@ -247,12 +247,13 @@ def run_evaluation(model_path: Path, samples: Sequence[Sample], *,
 
     temperature = fit_temperature(val.logits, val.labels)
     test_raw, test_calibrated = softmax(test.logits), softmax(test.logits, temperature)
-    predictions = test_raw.argmax(axis=1)  # temperature never changes the argmax
+    predictions = test_calibrated.argmax(axis=1)  # as the service decides
     matrix = confusion_matrix(test.labels, predictions, len(names))
     per_class = per_class_scores(matrix, names)
     metrics = {
         "top1": float((predictions == test.labels).mean()),
-        "macro_f1": float(np.mean([s["f1"] for s in per_class.values()])),
+        # classes absent from test would count as F1 = 0: leave them out of the mean
+        "macro_f1": float(np.mean([s["f1"] for s in per_class.values() if s["support"]])),
         "test_rows": len(test.labels),
         "temperature": temperature,
         "val_nll_before": negative_log_likelihood(val.logits, val.labels),
