@@ -7,9 +7,10 @@ keep `--help` fast.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Iterator
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -59,7 +60,7 @@ def resolve_model(ref: str, models_dir: Path) -> Path:
     return ModelRegistry(models_dir).model_path(name, version or None)
 
 
-def _load(data: list[Path], split_csv: Path | None) -> list[Sample]:
+def _samples(data: list[Path], split_csv: Path | None) -> list[Sample]:
     from scrapvision.datasets import load_samples
 
     return load_samples(data, split_csv)
@@ -82,7 +83,7 @@ def evaluate(
 
     with _clear_errors():
         path = resolve_model(model, models_dir)
-        card = evaluate_model(path, _load(data, split_csv), target_purity=target_purity,
+        card = evaluate_model(path, _samples(data, split_csv), target_purity=target_purity,
                               out_dir=out, note=note, data_roots=data,
                               progress=console.is_terminal)
     metrics = card["metrics"]
@@ -131,7 +132,7 @@ def compare(
 
     with _clear_errors():
         paths = [resolve_model(ref, models_dir) for ref in (model_a, model_b)]
-        samples = _load(data, split_csv)
+        samples = _samples(data, split_csv)
         a, b = (run_evaluation(path, samples, target_purity=target_purity, data_roots=data,
                                progress=console.is_terminal) for path in paths)
     refs = [f"{e.card['model']['name']}:{e.card['model']['version']} ({ref})"
