@@ -1,0 +1,227 @@
+"""Render the raw results of `bench.run_all` as `bench/RESULTS.md`: targets first, then detail."""
+
+from __future__ import annotations
+
+from typing import Any
+
+HTTP_VS_LIMIT = 0.85
+WS_VS_LIMIT = 0.90
+VS_NAIVE = 6.0
+IN_TIME_SHARE = 0.999
+RSS_MB = 600.0
+READY_S = 5.0
+
+
+def render(results: dict[str, Any]) -> str:
+    machine, model = results["machine"], results["model"]
+    serve = results["serve"][0]
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Written by `python -m bench.run_all` on {machine['date']}. Re-run it to refresh; "
+        "see README.md \"Benchmarks\" for what each part measures.",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| machine | {machine['cpu']}, {machine['cpu_count']} CPUs, {machine['os']}, "
+        f"Python {machine['python']}, onnxruntime {machine['onnxruntime']} |",
+        f"| other load | {_other_load(results)} |",
+        f"| model | `{model['name']}:{model['version']}` {model['architecture']}, "
+        f"{len(model['class_names'])} classes, input {model['input_size'][0]}x"
+        f"{model['input_size'][1]} (`{model['path']}`) |",
+        f"| frames | {', '.join(f'{n} x {size}' for size, n in results['frames'].items())} "
+        "JPEGs from `bench.make_frames` |",
+        f"| how it ran | {results['pinning']}; serve layout {serve['layout']} "
+        "(worker processes x onnxruntime threads) |",
+        "",
+        "## Targets",
+        "",
+        "| target | measured | result |",
+        "|---|---|---|",
+        *_target_rows(results),
+        "",
+        "## Throughput and latency",
+        "",
+        "Closed loop: each stream sends its next frame when the previous answer is back. "
+        "Latency is measured by the client (send to answer). `client CPU` is the load "
+        "generator's own CPU use (CPU-seconds per second).",
+        "",
+        "| contender | frames | streams | frames/s | p50 ms | p95 ms | p99 ms | late | "
+        "overload (503) | errors | client CPU |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+        *_load_rows(results),
+        "",
+        "## Decision-deadline scenario",
+        "",
+        "One stream per line, each a camera at a fixed rate stamping its capture time (the "
+        "service's lines `line1`..`line4`, 80 ms deadline); a frame counts as in "
+        "time when the service decided it before its fire time and the answer was back "
+        "within the deadline.",
+        "",
+        "| transport | frames | streams x rate | deadline | sent | in time | share | p50 ms | "
+        "p99 ms | late | overload |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+        *_deadline_rows(serve["deadline"]),
+        "",
+        "## Optimisations",
+        "",
+        *_optimisation_lines(results),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def inprocess_limit(results: dict[str, Any], frame_set: str) -> dict[str, Any] | None:
+    """The best one-frame-at-a-time layout with the serving decode: the ceiling."""
+    candidates = [r for r in results["inprocess"] if r["frame_set"] == frame_set
+                  and r["batch"] == 1 and r["reduced_decode"]]
+    return max(candidates, key=lambda r: r["fps"], default=None)
+
+
+def _find(loads: list[dict[str, Any]], transport: str, frame_set: str,
+          streams: int) -> dict[str, Any] | None:
+    return next((r for r in loads if r["transport"] == transport
+                 and r["frame_set"] == frame_set and r["streams"] == streams), None)
+
+
+def _other_load(results: dict[str, Any]) -> str:
+    before = results["before"]
+    text = (f"CPU {before['cpu_busy_percent_before']:.0f}% busy before the run; load average "
+            f"{results['machine']['load_average']} before, "
+            f"{results['machine'].get('load_average_after')} after")
+    if before["training_jobs"]:
+        text += ("; **a training job was running: the machine was loaded and every "
+                 "number is lower and noisier than on an idle machine**")
+    return text
+
+
+def _verdict(ok: bool) -> str:
+    return "pass" if ok else "**FAIL**"
+
+
+def _target_rows(results: dict[str, Any]) -> list[str]:
+    serve = results["serve"][0]
+    naive = results.get("naive")
+    streams = max(results["plan"]["streams"])
+    rows = []
+    for frame_set in results["frames"]:
+        limit = inprocess_limit(results, frame_set)
+        naive_run = _find(naive["loads"], "naive", frame_set, streams) if naive else None
+        for transport, need in (("http", HTTP_VS_LIMIT), ("ws", WS_VS_LIMIT)):
+            run = _find(serve["loads"], transport, frame_set, streams)
+            if run is None or limit is None:
+                continue
+            ratio = run["fps"] / limit["fps"] if limit["fps"] else float("inf")
+            rows.append(f"| {transport.upper()} at {streams} streams >= {need}x in-process "
+                        f"({frame_set}) | {run['fps']:.1f} / {limit['fps']:.1f} frames/s "
+                        f"({limit['layout']}) = {ratio:.2f}x | {_verdict(ratio >= need)} |")
+            if naive_run:
+                ratio = run["fps"] / naive_run["fps"] if naive_run["fps"] else float("inf")
+                rows.append(f"| {transport.upper()} at {streams} streams >= {VS_NAIVE:g}x naive "
+                            f"({frame_set}) | {run['fps']:.1f} / {naive_run['fps']:.1f} "
+                            f"frames/s = {ratio:.1f}x | {_verdict(ratio >= VS_NAIVE)} |")
+    for run in serve["deadline"]:
+        share = run["in_time_share"]
+        rows.append(f"| deadline scenario ({run['transport'].upper()}) >= "
+                    f"{IN_TIME_SHARE:.1%} in time | {run['in_time']}/{run['sent']} = "
+                    f"{share:.2%}, p99 {run['p99_ms']:.1f} ms | "
+                    f"{_verdict(share >= IN_TIME_SHARE)} |")
+    rows.append(f"| serve RSS < {RSS_MB:g} MB (sum over its processes) | "
+                f"{serve['rss_mb']:.0f} MB (PSS {serve['pss_mb']:.0f} MB) | "
+                f"{_verdict(serve['rss_mb'] < RSS_MB)} |")
+    rows.append(f"| `serve` ready < {READY_S:g} s | {serve['ready_s']:.2f} s | "
+                f"{_verdict(serve['ready_s'] < READY_S)} |")
+    return rows
+
+
+def _load_row(name: str, run: dict[str, Any]) -> str:
+    return (f"| {name} | {run['frame_set']} | {run['streams']} | {run['fps']:.1f} | "
+            f"{run['p50_ms']:.1f} | {run['p95_ms']:.1f} | {run['p99_ms']:.1f} | {run['late']} | "
+            f"{run['overload']} | {run['error']} | {run['client_cpu']:.2f} |")
+
+
+def _load_rows(results: dict[str, Any]) -> list[str]:
+    rows = []
+    for frame_set in results["frames"]:
+        limit = inprocess_limit(results, frame_set)
+        if limit:
+            rows.append(f"| in-process limit ({limit['layout']}) | {frame_set} | - | "
+                        f"{limit['fps']:.1f} | {limit['p50_ms']:.1f} | {limit['p95_ms']:.1f} | "
+                        f"{limit['p99_ms']:.1f} | - | - | - | - |")
+        for serve in results["serve"]:
+            for run in serve["loads"]:
+                if run["frame_set"] == frame_set:
+                    name = f"serve {serve['layout']} {run['transport'].upper()}"
+                    rows.append(_load_row(name, run))
+        for run in (results.get("naive") or {}).get("loads", []):
+            if run["frame_set"] == frame_set:
+                rows.append(_load_row("naive", run))
+    return rows
+
+
+def _deadline_rows(runs: list[dict[str, Any]]) -> list[str]:
+    return [f"| {r['transport'].upper()} | {r['frame_set']} | {r['streams']} x {r['rate']:g}/s | "
+            f"{r['deadline_ms']:g} ms | {r['sent']} | {r['in_time']} | {r['in_time_share']:.2%} | "
+            f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['late']} | {r['overload']} |"
+            for r in runs]
+
+
+def _optimisation_lines(results: dict[str, Any]) -> list[str]:
+    out = ["In-process (decode + onnxruntime, no HTTP), frames/s:", "",
+           "| layout (processes x threads) | batch | reduced JPEG decode | "
+           + " | ".join(results["frames"]) + " |",
+           "|---|---|---|" + "---|" * len(results["frames"])]
+    variants = sorted({(r["layout"], r["batch"], r["reduced_decode"])
+                       for r in results["inprocess"]},
+                      key=lambda v: (v[1], not v[2], v[0]))
+    for layout, batch, reduced in variants:
+        cells = []
+        for frame_set in results["frames"]:
+            run = next((r for r in results["inprocess"] if r["frame_set"] == frame_set
+                        and (r["layout"], r["batch"], r["reduced_decode"])
+                        == (layout, batch, reduced)), None)
+            cells.append(f"{run['fps']:.1f}" if run else "-")
+        out.append(f"| {layout} | {batch} | {'on' if reduced else 'off'} | "
+                   + " | ".join(cells) + " |")
+    out += ["", *_serve_layout_lines(results), *_copy_line(results), *_quantize_lines(results)]
+    return out
+
+
+def _serve_layout_lines(results: dict[str, Any]) -> list[str]:
+    if len(results["serve"]) < 2:
+        return []
+    streams = max(results["plan"]["streams"])
+    frame_set = next(iter(results["frames"]))
+    cells = []
+    for serve in results["serve"]:
+        for transport in ("http", "ws"):
+            run = _find(serve["loads"], transport, frame_set, streams)
+            if run:
+                cells.append(f"{serve['layout']} {transport.upper()} {run['fps']:.1f}")
+    return [f"- `scrapvision serve` layouts (worker processes x onnxruntime threads) at "
+            f"{streams} streams, {frame_set}, frames/s: " + "; ".join(cells) + ". "
+            f"Ready in " + ", ".join(f"{s['layout']} {s['ready_s']:.2f} s"
+                                      for s in results["serve"]) + "."]
+
+
+def _copy_line(results: dict[str, Any]) -> list[str]:
+    limit = inprocess_limit(results, list(results["frames"])[-1])
+    if not limit:
+        return []
+    share = results["copy_cost_us"] / (limit["p50_ms"] * 1000)
+    return [f"- One extra copy of a {list(results['frames'])[-1]} frame body costs "
+            f"{results['copy_cost_us']:.1f} µs, {share:.2%} of a frame's decode + inference: "
+            "reading frames without copies is right but not where the time goes."]
+
+
+def _quantize_lines(results: dict[str, Any]) -> list[str]:
+    q = results.get("quantize")
+    if not q:
+        return ["- int8 static quantisation: not measured in this run (pass --quantize-data)."]
+    keep = "kept" if q["keep_int8"] else "not kept"
+    return [f"- int8 static quantisation (QDQ, per-channel, {q['calibration_rows']} train "
+            f"frames to calibrate): top-1 on {q['test_rows']} test rows {q['fp32_top1']:.2f}% "
+            f"-> {q['int8_top1']:.2f}% (drop {q['top1_drop_points']:.2f} points), in-process "
+            f"2x1 {q['fp32_fps']:.1f} -> {q['int8_fps']:.1f} frames/s ({q['speedup']:.2f}x), "
+            f"{q['fp32_mb']:.1f} -> {q['int8_mb']:.1f} MB: {keep} (rule: drop <= 0.5 points "
+            "and faster)."]
