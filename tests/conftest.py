@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -28,3 +29,13 @@ def models_dir(tmp_path: Path) -> Path:
     registry.add("tiny", build_tiny_model(tmp_path / "build" / "tiny.onnx"))
     registry.promote("tiny", "v1")
     return root
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`@pytest.mark.slow` tests (soak, long training) run only with SCRAPVISION_SLOW=1."""
+    if os.environ.get("SCRAPVISION_SLOW") == "1":
+        return
+    skip_slow = pytest.mark.skip(reason="slow test: set SCRAPVISION_SLOW=1 to run it")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip_slow)
