@@ -12,11 +12,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 
+from scrapvision.audit.routes import qa_router, router
 from scrapvision.audit.settings import AuditSettings
 from scrapvision.audit.store import AuditStore
 from scrapvision.records import DecisionRecord
+from scrapvision.service.auth import KeyRing
 
 POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
@@ -84,3 +88,20 @@ def make_decision() -> Callable[..., DecisionRecord]:
         return DecisionRecord(**values)
 
     return make
+
+
+def build_app(audit_store: AuditStore, keys: list | None = None) -> FastAPI:
+    """A small app with just the audit routers, standing in for the service's app factory."""
+    app = FastAPI()
+    app.state.audit = audit_store
+    app.state.keyring = KeyRing(keys or [])
+    app.include_router(router)
+    app.include_router(qa_router)
+    return app
+
+
+@pytest.fixture
+def client(store: AuditStore) -> Iterator[TestClient]:
+    """An open (no API keys) test client over the audit routers and `store`."""
+    with TestClient(build_app(store)) as test_client:
+        yield test_client

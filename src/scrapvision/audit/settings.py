@@ -7,7 +7,9 @@ store to its lines: the commit interval is also the durability window after a ha
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, Field, field_validator
 
@@ -84,10 +86,19 @@ class AuditSettings(BaseModel):
     @field_validator("timezone")
     @classmethod
     def _timezone(cls, value: str) -> str:
-        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
         try:
             ZoneInfo(value)
         except (ZoneInfoNotFoundError, ValueError) as error:
             raise ValueError(f"unknown time zone '{value}'") from error
         return value
+
+    def shift_start(self, moment: datetime) -> datetime:
+        """Start (UTC) of the shift `moment` falls in; shifts start daily at `shift_starts`."""
+        local = moment.astimezone(ZoneInfo(self.timezone))
+        candidates = []
+        for day in (local.date() - timedelta(days=1), local.date()):
+            for start in self.shift_starts:
+                hours, minutes = map(int, start.split(":"))
+                candidates.append(datetime(day.year, day.month, day.day, hours, minutes,
+                                           tzinfo=local.tzinfo))
+        return max(c for c in candidates if c <= local).astimezone(UTC)

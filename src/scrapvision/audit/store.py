@@ -83,6 +83,13 @@ class AuditStore:
         self._writer.close()
         self.engine.dispose()
 
+    def flush(self) -> bool:
+        """Write everything buffered now, without waiting for the next group commit.
+
+        False when the database refused (the records stay buffered for the writer).
+        """
+        return self._writer.drain()
+
     def __enter__(self) -> AuditStore:
         return self.start()
 

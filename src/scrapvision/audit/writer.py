@@ -69,6 +69,7 @@ class GroupCommitWriter(Generic[Item]):
         self._periodic_interval_s = periodic_interval_s
         self._buffer: deque[Item] = deque()
         self._lock = threading.Lock()
+        self._drain_lock = threading.Lock()  # one drainer at a time: no batch written twice
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._stats = WriterStats()
@@ -105,16 +106,17 @@ class GroupCommitWriter(Generic[Item]):
 
     def drain(self) -> bool:
         """Write batches until the buffer is empty; False when the database refused."""
-        while True:
-            with self._lock:
-                batch = list(islice(self._buffer, self.max_batch))
-            if not batch:
-                return True
-            if not self._write_batch(batch):
-                return False
-            with self._lock:
-                for _ in batch:
-                    self._buffer.popleft()
+        with self._drain_lock:
+            while True:
+                with self._lock:
+                    batch = list(islice(self._buffer, self.max_batch))
+                if not batch:
+                    return True
+                if not self._write_batch(batch):
+                    return False
+                with self._lock:
+                    for _ in batch:
+                        self._buffer.popleft()
 
     def _run(self) -> None:
         next_periodic = time.monotonic() + self._periodic_interval_s
