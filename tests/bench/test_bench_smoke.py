@@ -1,0 +1,206 @@
+"""Each bench script runs on a few frames with the tiny model (no timing is asserted)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from tinymodel import BGR, build_tiny_model, colour_frame
+
+from bench import make_frames
+from bench.common import REPO, latency_summary, load_frames, parse_cpus
+from bench.inprocess import Job, Layout, measure
+from bench.load import classify, run, run_load
+from bench.run_all import allocate_cpus, bench_registry, free_port, serve_config, started
+
+HAS_TORCH = all(importlib.util.find_spec(m) for m in ("torch", "timm", "torchvision"))
+needs_torch = pytest.mark.skipif(not HAS_TORCH, reason="torch/timm/torchvision not installed")
+
+
+@pytest.fixture
+def photos(tmp_path: Path) -> Path:
+    """An ImageFolder of solid-colour 'item photos' with a split.csv, like the shared sets."""
+    root = tmp_path / "photos"
+    rows = ["file,label,split,group"]
+    for colour in ("blue", "green", "red"):
+        (root / colour).mkdir(parents=True)
+        for i, split in enumerate(("train", "train", "test")):
+            image = np.full((40, 30, 3), BGR[colour], dtype=np.uint8)
+            cv2.imwrite(str(root / colour / f"{i}.png"), image)
+            rows.append(f"{colour}/{i}.png,{colour},{split},{colour}{i}")
+    (root / "split.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+@pytest.fixture
+def frames(tmp_path: Path) -> Path:
+    """A frame folder of encoded solid-colour frames the tiny model classifies."""
+    folder = tmp_path / "frames" / "640x480"
+    folder.mkdir(parents=True)
+    for i, colour in enumerate(("red", "green", "blue")):
+        (folder / f"{i:05d}.jpg").write_bytes(colour_frame(colour, 640, 480))
+    return folder
+
+
+def test_make_frames_places_a_photo_on_a_belt(photos: Path, tmp_path: Path) -> None:
+    out = tmp_path / "made"
+    make_frames.main(["--source", str(photos), "--out", str(out), "--count", "4",
+                      "--size", "160x120", "--size", "96x64"])
+    for size, shape in (("160x120", (120, 160, 3)), ("96x64", (64, 96, 3))):
+        files = sorted((out / size).glob("*.jpg"))
+        assert len(files) == 4
+        for file in files:
+            frame = cv2.imread(str(file))
+            assert frame.shape == shape
+            # the belt is grey; a saturated item photo must have been pasted on it
+            saturation = cv2.cvtColor(frame, cv2.COLOR_BGR2HSV)[..., 1]
+            assert (saturation > 200).mean() > 0.05
+
+
+def test_make_frames_refuses_a_folder_without_images(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit, match="no images"):
+        make_frames.main(["--source", str(tmp_path / "empty"), "--out", str(tmp_path / "o")])
+
+
+def test_make_frames_refuses_a_bad_size() -> None:
+    with pytest.raises(argparse.ArgumentTypeError, match="640x480"):
+        make_frames.parse_size("big")
+
+
+def test_layout_and_cpu_parsing() -> None:
+    assert Layout.parse("2x1") == Layout(2, 1)
+    assert str(Layout.parse("1X2")) == "1x2"
+    for bad in ("2", "0x1", "axb"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            Layout.parse(bad)
+    assert parse_cpus("0-2,5") == {0, 1, 2, 5}
+    assert parse_cpus(None) is None
+
+
+def test_latency_summary_percentiles() -> None:
+    summary = latency_summary(list(range(1, 101)))
+    assert summary["p50_ms"] == pytest.approx(50.5)
+    assert summary["p99_ms"] == pytest.approx(99.01)
+    assert summary["max_ms"] == 100
+    assert np.isnan(latency_summary([])["p50_ms"])
+
+
+def test_load_frames_says_how_to_make_them(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match="make_frames"):
+        load_frames(tmp_path)
+
+
+@pytest.mark.parametrize("reduced", [True, False])
+def test_inprocess_measures_frames_per_second(tiny_model: Path, frames: Path,
+                                              reduced: bool) -> None:
+    job = Job(tiny_model, frames, threads=1, batch=2, reduced_decode=reduced, seconds=0.2,
+              cpus=None, max_frames=None)
+    result = measure(job, processes=1)
+    assert result["layout"] == "1x1"
+    assert result["frames"] >= 2 and result["frames"] % 2 == 0  # whole batches of 2
+    assert result["fps"] > 0
+    assert result["p50_ms"] <= result["p99_ms"]
+
+
+def test_classify_maps_answers_to_outcomes() -> None:
+    assert classify(200, {"action": "eject", "in_time": True}) == ("decided", True)
+    assert classify(200, {"action": "recirculate", "in_time": False}) == ("decided", False)
+    assert classify(200, {"action": "late", "in_time": False}) == ("late", False)
+    assert classify(503, {"action": "overload"}) == ("overload", False)
+    assert classify(415, None) == ("error", False)
+
+
+def test_cpu_allocation_never_overlaps_when_split() -> None:
+    cpus = allocate_cpus("split")
+    assert cpus.server and cpus.client and not cpus.server & cpus.client
+    shared = allocate_cpus("none")
+    assert shared.server == shared.client
+
+
+@pytest.fixture
+def tiny_server(tmp_path: Path, tiny_model: Path):
+    """`scrapvision serve` on a free port with the tiny model on the bench's lines."""
+    registry = tmp_path / "registry"
+    info = bench_registry(tiny_model, registry)
+    port = free_port()
+    config = serve_config(tmp_path / "serve", registry, info.name, port, workers=1, threads=1,
+                          deadline_ms=80)
+    command = [sys.executable, "-m", "scrapvision", "serve", "--config", str(config)]
+    with started(command, "/readyz", port, allocate_cpus("none").server,
+                 tmp_path / "serve.log") as server:
+        yield server
+
+
+@pytest.mark.parametrize("transport", ["http", "ws"])
+def test_load_against_the_service(tiny_server, frames: Path, transport: str) -> None:
+    frame_bytes = load_frames(frames)
+    result = run(lambda: run_load(tiny_server.url, transport, ["bench"], 2, frame_bytes,
+                                  seconds=0.3, warmup=0.1))
+    assert result["decided"] > 0 and result["error"] == 0
+    assert result["fps"] > 0 and result["client_cpu"] >= 0
+    assert tiny_server.ready_s > 0
+    tiny_server.sample_memory()
+    assert tiny_server.rss_mb > 0
+
+
+def test_fixed_rate_cameras_report_share_in_time(tiny_server, frames: Path) -> None:
+    frame_bytes = load_frames(frames)
+    result = run(lambda: run_load(tiny_server.url, "ws", ["line1", "line2"], 2, frame_bytes,
+                                  seconds=0.5, warmup=0.1, rate=20, deadline_ms=80))
+    # two cameras at 20/s for 0.5 s: about 20 frames, every one accounted for
+    assert 10 <= result["sent"] <= 30
+    assert result["sent"] == result["decided"] + result["late"] + result["overload"] + result["error"]
+    assert 0 <= result["in_time"] <= result["decided"]
+    assert result["in_time_share"] == result["in_time"] / result["sent"]
+
+
+@needs_torch
+def test_naive_service_classifies_an_upload(tiny_model: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from bench.naive_service import PREDICT_PATH, create_app, served_shape
+
+    info = served_shape(tiny_model)
+    with TestClient(create_app(info.num_classes, info.input_size)) as client:
+        response = client.post(PREDICT_PATH, files={"file": ("f.jpg", colour_frame("red"))})
+    assert response.status_code == 200
+    assert 0 <= response.json()["class_index"] < info.num_classes
+    assert 0 < response.json()["confidence"] <= 1
+
+
+def test_quantize_keeps_accuracy_of_the_tiny_model(tiny_model: Path, photos: Path,
+                                                   frames: Path, tmp_path: Path) -> None:
+    from bench.quantize import compare
+
+    result = compare(tiny_model, photos, photos / "split.csv", tmp_path / "int8.onnx",
+                     calibration_count=6, frames_dir=frames, seconds=0.2)
+    assert result["test_rows"] == 3 and result["calibration_rows"] == 6
+    assert result["fp32_top1"] == 100.0
+    assert result["top1_drop_points"] == result["fp32_top1"] - result["int8_top1"]
+    assert Path(result["int8_model"]).is_file()
+
+
+def test_run_all_quick_writes_results(tiny_model: Path, frames: Path, tmp_path: Path) -> None:
+    results = tmp_path / "RESULTS.md"
+    command = [sys.executable, "-m", "bench.run_all", "--quick", "--model", str(tiny_model),
+               "--frames", str(frames.parent), "--out", str(tmp_path / "out"),
+               "--results", str(results)]
+    if not HAS_TORCH:
+        command.append("--no-naive")
+    subprocess.run(command, cwd=REPO, check=True, timeout=300, capture_output=True)
+    raw = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert {r["transport"] for r in raw["serve"][0]["loads"]} == {"http", "ws"}
+    assert len(raw["serve"][0]["deadline"]) == 2
+    assert raw["inprocess"] and raw["serve"][0]["rss_mb"] > 0
+    text = results.read_text()
+    assert "## Targets" in text and "serve RSS" in text and "deadline scenario" in text
+    if HAS_TORCH:
+        assert raw["naive"]["loads"] and "naive" in text
