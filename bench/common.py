@@ -22,9 +22,11 @@ def size_name(width: int, height: int) -> str:
 
 def load_frames(folder: Path, limit: int | None = None) -> list[bytes]:
     """Encoded JPEG/PNG frames of `folder`, sorted by name, read into memory once."""
-    files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    folder = Path(folder)
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
     if not files:
-        raise SystemExit(f"no .jpg/.png frames in {folder}: run `python -m bench.make_frames` first")
+        raise SystemExit(f"no .jpg/.png frames in {folder}: "
+                         "run `python -m bench.make_frames` first")
     return [p.read_bytes() for p in files[:limit]]
 
 

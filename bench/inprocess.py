@@ -24,7 +24,14 @@ from unittest import mock
 import cv2
 import numpy as np
 
-from bench.common import FRAMES, default_model, latency_summary, load_frames, parse_cpus, pin_to
+from bench.common import (
+    FRAMES,
+    default_model,
+    latency_summary,
+    load_frames,
+    parse_cpus,
+    pin_to,
+)
 from scrapvision.decode import decode_frame
 from scrapvision.engine import Engine
 

@@ -28,7 +28,7 @@ import itertools
 import json
 import resource
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -253,10 +253,6 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def run(coroutine: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
-    return uvloop.run(coroutine())
-
-
 def parse_streams(text: str) -> list[int]:
     try:
         counts = [int(x) for x in text.split(",")]
@@ -272,7 +268,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--url", default="http://127.0.0.1:8000")
     parser.add_argument("--transport", choices=TRANSPORTS, default="http")
     parser.add_argument("--line", action="append",
-                        help="line name, repeatable; streams are spread over lines (default ewaste)")
+                        help="line name, repeatable; streams are spread over the lines "
+                        "(default ewaste)")
     parser.add_argument("--streams", type=parse_streams, default=[1, 4, 16],
                         help="concurrent streams, comma-separated: one run per count")
     parser.add_argument("--frames", type=Path, default=FRAMES / "640x480")
@@ -292,8 +289,8 @@ def main(argv: list[str] | None = None) -> None:
     frames = load_frames(args.frames, args.max_frames)
     lines = args.line or ["ewaste"]
     for streams in args.streams:
-        result = run(lambda: run_load(args.url, args.transport, lines, streams, frames,
-                                      args.seconds, args.warmup, args.rate, args.deadline_ms))
+        result = uvloop.run(run_load(args.url, args.transport, lines, streams, frames,
+                                     args.seconds, args.warmup, args.rate, args.deadline_ms))
         result["frame_set"] = args.frames.name
         in_time = (f", in time {result['in_time_share']:.2%}"
                    if "in_time_share" in result else "")

@@ -92,7 +92,8 @@ def parse_size(text: str) -> tuple[int, int]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--source", type=Path, action="append",
-                        help=f"folder of item photos, searched recursively (default {DEFAULT_SOURCE})")
+                        help="folder of item photos, searched recursively "
+                        f"(default {DEFAULT_SOURCE})")
     parser.add_argument("--out", type=Path, default=FRAMES)
     parser.add_argument("--count", type=int, default=200, help="frames per size")
     parser.add_argument("--size", type=parse_size, action="append",

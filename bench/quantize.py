@@ -108,11 +108,13 @@ def compare(model: Path, data: Path, split_csv: Path, out: Path, calibration_cou
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, default=None)
-    parser.add_argument("--data", type=Path, required=True, help="ImageFolder root of the model's data")
+    parser.add_argument("--data", type=Path, required=True,
+                        help="ImageFolder root of the model's data")
     parser.add_argument("--split-csv", type=Path, default=None, help="default: DATA/split.csv")
     parser.add_argument("--out", type=Path, default=OUT / "int8" / "model.int8.onnx")
     parser.add_argument("--calibration", type=int, default=200, help="train frames to calibrate on")
-    parser.add_argument("--frames", type=Path, default=FRAMES / "640x480", help="for the speed test")
+    parser.add_argument("--frames", type=Path, default=FRAMES / "640x480",
+                        help="frames for the speed test")
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--max-drop", type=float, default=MAX_TOP1_DROP_POINTS,
                         help="largest acceptable top-1 drop in points")

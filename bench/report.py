@@ -200,7 +200,7 @@ def _serve_layout_lines(results: dict[str, Any]) -> list[str]:
                 cells.append(f"{serve['layout']} {transport.upper()} {run['fps']:.1f}")
     return [f"- `scrapvision serve` layouts (worker processes x onnxruntime threads) at "
             f"{streams} streams, {frame_set}, frames/s: " + "; ".join(cells) + ". "
-            f"Ready in " + ", ".join(f"{s['layout']} {s['ready_s']:.2f} s"
+            "Ready in " + ", ".join(f"{s['layout']} {s['ready_s']:.2f} s"
                                       for s in results["serve"]) + "."]
 
 

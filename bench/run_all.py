@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import uvloop
 import yaml
 
 from bench import report
@@ -49,7 +50,7 @@ from bench.common import (
     size_name,
 )
 from bench.inprocess import Job, copy_cost_us, measure
-from bench.load import run, run_load
+from bench.load import run_load
 from scrapvision.engine import Engine
 from scrapvision.modelmeta import ModelInfo
 
@@ -237,8 +238,8 @@ class Runner:
              seconds: float, rate: float | None = None,
              deadline_ms: float | None = None) -> dict[str, Any]:
         pin_to(self.cpus.client)
-        result = run(lambda: run_load(url, transport, lines, streams, self.frames[frame_set],
-                                      seconds, self.plan.warmup_seconds, rate, deadline_ms))
+        result = uvloop.run(run_load(url, transport, lines, streams, self.frames[frame_set],
+                                     seconds, self.plan.warmup_seconds, rate, deadline_ms))
         result["frame_set"] = frame_set
         _progress(transport, result)
         return result

@@ -12,13 +12,20 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from tinymodel import BGR, build_tiny_model, colour_frame
+import uvloop
+from tinymodel import BGR, colour_frame
 
 from bench import make_frames
 from bench.common import REPO, latency_summary, load_frames, parse_cpus
 from bench.inprocess import Job, Layout, measure
-from bench.load import classify, run, run_load
-from bench.run_all import allocate_cpus, bench_registry, free_port, serve_config, started
+from bench.load import classify, run_load
+from bench.run_all import (
+    allocate_cpus,
+    bench_registry,
+    free_port,
+    serve_config,
+    started,
+)
 
 HAS_TORCH = all(importlib.util.find_spec(m) for m in ("torch", "timm", "torchvision"))
 needs_torch = pytest.mark.skipif(not HAS_TORCH, reason="torch/timm/torchvision not installed")
@@ -142,8 +149,8 @@ def tiny_server(tmp_path: Path, tiny_model: Path):
 @pytest.mark.parametrize("transport", ["http", "ws"])
 def test_load_against_the_service(tiny_server, frames: Path, transport: str) -> None:
     frame_bytes = load_frames(frames)
-    result = run(lambda: run_load(tiny_server.url, transport, ["bench"], 2, frame_bytes,
-                                  seconds=0.3, warmup=0.1))
+    result = uvloop.run(run_load(tiny_server.url, transport, ["bench"], 2, frame_bytes,
+                                 seconds=0.3, warmup=0.1))
     assert result["decided"] > 0 and result["error"] == 0
     assert result["fps"] > 0 and result["client_cpu"] >= 0
     assert tiny_server.ready_s > 0
@@ -153,11 +160,12 @@ def test_load_against_the_service(tiny_server, frames: Path, transport: str) -> 
 
 def test_fixed_rate_cameras_report_share_in_time(tiny_server, frames: Path) -> None:
     frame_bytes = load_frames(frames)
-    result = run(lambda: run_load(tiny_server.url, "ws", ["line1", "line2"], 2, frame_bytes,
-                                  seconds=0.5, warmup=0.1, rate=20, deadline_ms=80))
+    result = uvloop.run(run_load(tiny_server.url, "ws", ["line1", "line2"], 2, frame_bytes,
+                                 seconds=0.5, warmup=0.1, rate=20, deadline_ms=80))
     # two cameras at 20/s for 0.5 s: about 20 frames, every one accounted for
     assert 10 <= result["sent"] <= 30
-    assert result["sent"] == result["decided"] + result["late"] + result["overload"] + result["error"]
+    outcomes = ("decided", "late", "overload", "error")
+    assert result["sent"] == sum(result[kind] for kind in outcomes)
     assert 0 <= result["in_time"] <= result["decided"]
     assert result["in_time_share"] == result["in_time"] / result["sent"]
 
