@@ -1,0 +1,361 @@
+"""Fine-tune a backbone on labelled images; everything a run produces goes into its folder.
+
+Recipe (each step switchable in the config): optional linear probe on frozen features to
+give the new head a sensible start, then fine-tuning with AdamW (lower LR for the backbone
+than for the head), warmup + cosine schedule, label smoothing, optional frozen early stages
+and EMA of weights; early stopping on val accuracy. A run folder holds:
+
+    config.yaml  split.csv  run.json  metrics.csv  metrics.json  curves.png  best.pt  last.pt
+
+`last.pt` is written after every epoch, so a run interrupted at any point resumes from it.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import random
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from timm.optim import param_groups_weight_decay
+from timm.scheduler import CosineLRScheduler
+from timm.utils import ModelEmaV3
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from scrapvision.datasets import Sample, class_names, fingerprint, load_samples, write_split
+from scrapvision.training.backbones import create_model
+from scrapvision.training.config import TrainConfig, dump_config, load_config
+from scrapvision.training.data import (
+    CachedImages, build_augmentation, decode_all, label_tensor, normalise,
+)
+
+CONFIG_FILE = "config.yaml"
+SPLIT_FILE = "split.csv"
+RUN_FILE = "run.json"
+LAST_CHECKPOINT = "last.pt"
+BEST_CHECKPOINT = "best.pt"
+EVAL_BATCH = 64
+
+
+class TrainingError(RuntimeError):
+    """The run cannot start or continue; the message says why."""
+
+
+@dataclass
+class Score:
+    """Validation result; higher accuracy wins, lower loss breaks ties."""
+
+    accuracy: float
+    loss: float
+
+    def beats(self, other: Score | None) -> bool:
+        return other is None or (self.accuracy, -self.loss) > (other.accuracy, -other.loss)
+
+
+def new_run_dir(config: TrainConfig) -> Path:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return config.runs_dir / f"{config.name}-{stamp}"
+
+
+def load_run_config(run_dir: Path, overrides: list[str] = ()) -> TrainConfig:
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise TrainingError(f"{run_dir} is not a training run (no {CONFIG_FILE})")
+    return load_config(path, list(overrides))
+
+
+def run_samples(config: TrainConfig, run_dir: Path) -> list[Sample]:
+    """The run's samples: its own split.csv once written, so a resumed run sees the same split."""
+    own_split = run_dir / SPLIT_FILE
+    split_csv = own_split if own_split.is_file() else config.data.split_csv
+    return load_samples(config.data.roots, split_csv, seed=config.seed,
+                        fractions=config.data.fractions)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def train(config: TrainConfig, run_dir: Path | None = None, *, progress: bool = True) -> Path:
+    """Train per `config` into `run_dir` (new folder when None; resumes when it has last.pt)."""
+    run_dir = Path(run_dir) if run_dir is not None else new_run_dir(config)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(config.threads)
+    seed_everything(config.seed)
+
+    samples = run_samples(config, run_dir)
+    classes = class_names(samples)
+    by_split = {name: [s for s in samples if s.split == name] for name in ("train", "val")}
+    for name, rows in by_split.items():
+        if not rows:
+            raise TrainingError(f"the data has no '{name}' rows; cannot train")
+    dump_config(config, run_dir / CONFIG_FILE)
+    write_split(samples, run_dir / SPLIT_FILE)
+    _write_json(run_dir / RUN_FILE, {
+        "name": config.name, "classes": classes, "input_size": config.input_size,
+        "backbone": config.model.backbone, "data_fingerprint": fingerprint(samples),
+        "counts": {split: sum(s.split == split for s in samples) for split in ("train", "val", "test")},
+    })
+
+    size = config.input_size
+    train_set = CachedImages(decode_all(by_split["train"], size, progress=progress),
+                             label_tensor(by_split["train"], classes),
+                             build_augmentation(config.augment, size))
+    val_images = decode_all(by_split["val"], size, progress=progress)
+    val_labels = label_tensor(by_split["val"], classes)
+
+    model = create_model(config.model.backbone, len(classes), pretrained=config.model.pretrained,
+                         drop_rate=config.model.drop_rate,
+                         drop_path_rate=config.model.drop_path_rate)
+    model = model.to(memory_format=torch.channels_last)
+    frozen = freeze_early_stages(model, config.optim.freeze_stages)
+    Trainer(config, run_dir, model, frozen, train_set, val_images, val_labels, progress).fit()
+    return run_dir
+
+
+def freeze_early_stages(model: nn.Module, stages: int) -> list[nn.Module]:
+    """Freeze the stem and the first `stages` block stages; returns the frozen modules.
+
+    Early stages hold generic edge/texture filters and dominate the backward cost at full
+    resolution, so freezing them is cheap regularisation and a large speed-up on CPU.
+    """
+    if stages == 0:
+        return []
+    if stages > len(model.blocks):
+        raise TrainingError(f"freeze_stages={stages} but the backbone has {len(model.blocks)}")
+    frozen = [model.conv_stem, model.bn1, *model.blocks[:stages]]
+    for module in frozen:
+        module.requires_grad_(False)
+    return frozen
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig, run_dir: Path, model: nn.Module,
+                 frozen: list[nn.Module], train_set: CachedImages, val_images: torch.Tensor,
+                 val_labels: torch.Tensor, progress: bool) -> None:
+        self.config, self.opt = config, config.optim
+        self.run_dir, self.model, self.frozen = run_dir, model, frozen
+        self.train_set, self.val_images, self.val_labels = train_set, val_images, val_labels
+        self.progress = progress
+        self.steps_per_epoch = math.ceil(len(train_set) / self.opt.batch_size)
+        if self.opt.max_steps_per_epoch:
+            self.steps_per_epoch = min(self.steps_per_epoch, self.opt.max_steps_per_epoch)
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=self.opt.label_smoothing)
+        self.optimizer = torch.optim.AdamW(self._param_groups(), lr=self.opt.lr)
+        warmup = round(self.opt.warmup_epochs * self.steps_per_epoch)
+        self.scheduler = CosineLRScheduler(
+            self.optimizer, t_initial=max(1, self.opt.epochs * self.steps_per_epoch - warmup),
+            lr_min=self.opt.lr * 1e-3, warmup_t=warmup,
+            warmup_lr_init=self.opt.lr * 1e-3, warmup_prefix=True, t_in_epochs=False)
+        self.ema: ModelEmaV3 | None = None
+        self.epoch, self.step, self.bad_epochs = 0, 0, 0
+        self.best: Score | None = None
+        self.history: list[dict[str, Any]] = []
+
+    def _new_ema(self) -> ModelEmaV3 | None:
+        if not self.opt.ema_decay:
+            return None
+        return ModelEmaV3(self.model, decay=self.opt.ema_decay, use_warmup=True)
+
+    def _param_groups(self) -> list[dict[str, Any]]:
+        """Decay/no-decay groups, the backbone's at `backbone_lr_scale` of the head's LR."""
+        head = self.model.get_classifier()
+        head_ids = {id(p) for p in head.parameters()}
+        backbone = nn.ParameterList(p for p in self.model.parameters()
+                                    if p.requires_grad and id(p) not in head_ids)
+        groups = []
+        for module, scale in ((backbone, self.opt.backbone_lr_scale), (head, 1.0)):
+            for group in param_groups_weight_decay(module, self.opt.weight_decay):
+                groups.append({**group, "lr": self.opt.lr * scale})
+        return groups
+
+    def fit(self) -> None:
+        last = self.run_dir / LAST_CHECKPOINT
+        if last.is_file():
+            self._load(last)
+        else:
+            if self.opt.probe_epochs:
+                self._fit_probe()
+            self.ema = self._new_ema()  # averages from the probed head, not a random one
+        while self.epoch < self.opt.epochs and self.bad_epochs < self.opt.patience:
+            started = time.perf_counter()
+            train_loss, train_acc = self._train_epoch()
+            scores = {"model": self._validate(self.model)}
+            if self.ema is not None:
+                scores["ema"] = self._validate(self.ema.module)
+            source, score = max(scores.items(), key=lambda kv: (kv[1].accuracy, -kv[1].loss))
+            row = {"epoch": self.epoch + 1, "train_loss": train_loss, "train_acc": train_acc,
+                   "val_loss": scores["model"].loss, "val_acc": scores["model"].accuracy,
+                   "ema_val_loss": scores["ema"].loss if self.ema else None,
+                   "ema_val_acc": scores["ema"].accuracy if self.ema else None,
+                   "lr": self.optimizer.param_groups[-1]["lr"],
+                   "seconds": round(time.perf_counter() - started, 1)}
+            self.history.append(row)
+            if score.beats(self.best):
+                self.best, self.bad_epochs = score, 0
+                self._save_best(source, score)
+            else:
+                self.bad_epochs += 1
+            self.epoch += 1
+            self._save_last()
+            self._write_metrics()
+            tqdm.write(f"epoch {self.epoch}/{self.opt.epochs} train loss {train_loss:.3f} "
+                       f"acc {train_acc:.3f} | val acc {scores['model'].accuracy:.4f}"
+                       + (f" ema {scores['ema'].accuracy:.4f}" if self.ema else "")
+                       + f" | best {self.best.accuracy:.4f} | {row['seconds']}s")
+        if self.bad_epochs >= self.opt.patience:
+            tqdm.write(f"early stop: no val improvement in {self.opt.patience} epochs")
+
+    def _fit_probe(self) -> None:
+        """Train only the new head on frozen, unaugmented features (a linear probe)."""
+        train_features = self._features(self.train_set.images)
+        labels = self.train_set.labels
+        head = self.model.get_classifier()
+        optimizer = torch.optim.AdamW(head.parameters(), lr=self.opt.probe_lr,
+                                      weight_decay=self.opt.weight_decay)
+        generator = torch.Generator().manual_seed(self.config.seed)
+        for _ in tqdm(range(self.opt.probe_epochs), desc="probe", disable=not self.progress):
+            for batch in torch.randperm(len(labels), generator=generator).split(
+                    self.opt.batch_size):
+                loss = self.criterion(head(train_features[batch]), labels[batch])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+        score = self._validate(self.model)
+        tqdm.write(f"probe: val acc {score.accuracy:.4f} loss {score.loss:.3f}")
+
+    @torch.no_grad()
+    def _features(self, images: torch.Tensor) -> torch.Tensor:
+        self.model.eval()
+        chunks = [self.model.forward_head(self.model.forward_features(self._prepare(batch)),
+                                          pre_logits=True)
+                  for batch in tqdm(images.split(EVAL_BATCH), desc="features",
+                                    disable=not self.progress, leave=False)]
+        return torch.cat(chunks)
+
+    def _train_epoch(self) -> tuple[float, float]:
+        self.model.train()
+        for module in self.frozen:  # frozen BatchNorm keeps its ImageNet statistics
+            module.eval()
+        if self.opt.freeze_bn:
+            for module in self.model.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+        torch.manual_seed(self.config.seed * 10_000 + self.epoch)  # resumable augmentation
+        loader = DataLoader(self.train_set, batch_size=self.opt.batch_size, shuffle=True,
+                            drop_last=len(self.train_set) > self.opt.batch_size,
+                            generator=torch.Generator().manual_seed(self.config.seed + self.epoch))
+        total_loss, correct, seen = 0.0, 0, 0
+        bar = tqdm(loader, total=self.steps_per_epoch, desc=f"epoch {self.epoch + 1}",
+                   disable=not self.progress, leave=False)
+        for index, (images, labels) in enumerate(bar):
+            if index >= self.steps_per_epoch:
+                break
+            logits = self.model(self._prepare(images))
+            loss = self.criterion(logits, labels)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.step += 1
+            self.scheduler.step_update(self.step)
+            if self.ema is not None:
+                self.ema.update(self.model, self.step)
+            total_loss += loss.item() * len(labels)
+            correct += (logits.argmax(1) == labels).sum().item()
+            seen += len(labels)
+            bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}")
+        return total_loss / seen, correct / seen
+
+    @torch.no_grad()
+    def _validate(self, model: nn.Module) -> Score:
+        model.eval()
+        logits = torch.cat([model(self._prepare(batch))
+                            for batch in self.val_images.split(EVAL_BATCH)])
+        loss = nn.functional.cross_entropy(logits, self.val_labels).item()
+        accuracy = (logits.argmax(1) == self.val_labels).float().mean().item()
+        return Score(accuracy=accuracy, loss=loss)
+
+    @staticmethod
+    def _prepare(images: torch.Tensor) -> torch.Tensor:
+        return normalise(images).contiguous(memory_format=torch.channels_last)
+
+    def _save_best(self, source: str, score: Score) -> None:
+        weights = (self.ema.module if source == "ema" else self.model).state_dict()
+        torch.save({"model": weights, "epoch": self.epoch + 1, "source": source,
+                    "val_acc": score.accuracy, "val_loss": score.loss},
+                   self.run_dir / BEST_CHECKPOINT)
+        run = json.loads((self.run_dir / RUN_FILE).read_text())
+        run["best"] = {"epoch": self.epoch + 1, "weights": source,
+                       "val_acc": score.accuracy, "val_loss": score.loss}
+        _write_json(self.run_dir / RUN_FILE, run)
+
+    def _save_last(self) -> None:
+        state = {
+            "epoch": self.epoch, "step": self.step, "bad_epochs": self.bad_epochs,
+            "best": None if self.best is None else vars(self.best), "history": self.history,
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+        }
+        tmp = self.run_dir / f"{LAST_CHECKPOINT}.tmp"
+        torch.save(state, tmp)
+        tmp.replace(self.run_dir / LAST_CHECKPOINT)
+
+    def _load(self, path: Path) -> None:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.ema = self._new_ema()
+        if self.ema is not None and state["ema"] is not None:
+            self.ema.load_state_dict(state["ema"])
+        self.epoch, self.step, self.bad_epochs = state["epoch"], state["step"], state["bad_epochs"]
+        self.best = Score(**state["best"]) if state["best"] else None
+        self.history = state["history"]
+        tqdm.write(f"resumed {self.run_dir} after epoch {self.epoch}")
+
+    def _write_metrics(self) -> None:
+        _write_json(self.run_dir / "metrics.json", self.history)
+        with (self.run_dir / "metrics.csv").open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(self.history[0]))
+            writer.writeheader()
+            writer.writerows(self.history)
+        plot_curves(self.history, self.run_dir / "curves.png")
+
+
+def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
+    """Loss and accuracy per epoch, train vs val (and EMA when used)."""
+    import matplotlib  # noqa: PLC0415 (only needed here)
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt  # noqa: PLC0415
+
+    epochs = [row["epoch"] for row in history]
+    figure, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4))
+    for key, label in (("train", "train"), ("val", "val"), ("ema_val", "val (EMA)")):
+        if history[0].get(f"{key}_loss") is not None:
+            loss_ax.plot(epochs, [row[f"{key}_loss"] for row in history], label=label)
+            acc_ax.plot(epochs, [row[f"{key}_acc"] for row in history], label=label)
+    for axis, title in ((loss_ax, "loss"), (acc_ax, "top-1 accuracy")):
+        axis.set_xlabel("epoch")
+        axis.set_title(title)
+        axis.grid(alpha=0.3)
+        axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=2))

@@ -1,0 +1,100 @@
+"""Train -> resume -> export on tiny generated frames (Lite0 at 64x64, two steps)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from tinytrain import tiny_config
+
+from scrapvision.engine import Engine
+from scrapvision.modelmeta import ModelInfo
+from scrapvision.registry import ModelRegistry
+from scrapvision.training.data import normalise
+from scrapvision.training.export import (
+    ExportError, export_run, load_trained_model, parity_batch,
+)
+from scrapvision.training.trainer import load_run_config, run_samples, train
+
+RUN_FILES = ("config.yaml", "split.csv", "run.json", "metrics.csv", "metrics.json",
+             "curves.png", "best.pt", "last.pt")
+
+
+@pytest.fixture(scope="module")
+def trained_run(colour_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One tiny run shared by the tests below (training is the slow part)."""
+    return train(tiny_config(colour_data, tmp_path_factory.mktemp("runs")), progress=False)
+
+
+def test_run_folder_has_everything(trained_run: Path, colour_data: Path) -> None:
+    for name in RUN_FILES:
+        assert (trained_run / name).is_file(), name
+    run = json.loads((trained_run / "run.json").read_text())
+    assert run["classes"] == ["blue", "green", "red"]
+    assert run["counts"] == {"train": 24, "val": 9, "test": 9}
+    assert run["best"]["weights"] in ("model", "ema")
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    assert [row["epoch"] for row in metrics] == [1]
+    assert metrics[0]["ema_val_acc"] is not None
+    given = (colour_data / "split.csv").read_text().splitlines()
+    assert sorted((trained_run / "split.csv").read_text().splitlines()) == sorted(given)
+
+
+def test_resume_continues_from_last_checkpoint(trained_run: Path, tmp_path: Path) -> None:
+    run = Path(shutil.copytree(trained_run, tmp_path / "run"))
+    first_epoch = json.loads((run / "metrics.json").read_text())[0]
+    config = load_run_config(run, ["optim.epochs=2"])
+    train(config, run, progress=False)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert [row["epoch"] for row in metrics] == [1, 2]
+    assert metrics[0] == first_epoch  # epoch 1 was not redone
+    assert torch.load(run / "last.pt", weights_only=False)["step"] == 4
+
+
+def test_export_registers_a_checked_self_describing_model(trained_run: Path,
+                                                          tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    result = export_run(trained_run, models_dir=models)
+    assert (result.name, result.version, result.promoted) == ("tiny", "v1", True)
+    assert result.max_abs_diff <= 1e-4
+    registry = ModelRegistry(models)
+    assert registry.active("tiny") == "v1"
+    assert result.path.stat().st_size < 25 * 2**20
+
+    engine = Engine(result.path)
+    info = engine.info
+    run = json.loads((trained_run / "run.json").read_text())
+    assert info.class_names == ["blue", "green", "red"]
+    assert (info.input_size, info.colour_order) == ((64, 64), "BGR")
+    assert info.data_fingerprint == run["data_fingerprint"]
+    assert info.metrics["val_top1"] == run["best"]["val_acc"]
+    assert "tf_efficientnet_lite0" in info.architecture and "TTA" in info.architecture
+    model_proto = onnx.load(str(result.path))
+    assert {o.domain: o.version for o in model_proto.opset_import}[""] == 18
+
+    # BGR uint8 in, colour flip + normalisation inside: equals PyTorch on the RGB image
+    bgr = parity_batch(run_samples(load_run_config(trained_run), trained_run), 64, count=3)
+    model, _ = load_trained_model(trained_run)
+    rgb = torch.from_numpy(bgr[..., ::-1].copy()).permute(0, 3, 1, 2)
+    with torch.no_grad():
+        x = normalise(rgb)
+        expected = ((model(x) + model(x.flip(3))) / 2).numpy()
+    np.testing.assert_allclose(engine.logits(bgr), expected, atol=1e-4)
+
+    second = export_run(trained_run, models_dir=models)
+    assert (second.version, second.promoted) == ("v2", False)
+    assert registry.active("tiny") == "v1"
+    assert ModelInfo.from_metadata(
+        Engine(second.path).session.get_modelmeta().custom_metadata_map).version == "v2"
+
+
+@pytest.mark.slow  # one more export (~20 s on a busy CPU)
+def test_export_refuses_a_model_that_breaks_parity(trained_run: Path, tmp_path: Path) -> None:
+    with pytest.raises(ExportError, match="differ"):
+        export_run(trained_run, models_dir=tmp_path / "models", tolerance=-1.0)
+    assert not ModelRegistry(tmp_path / "models").versions("tiny")
