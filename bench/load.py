@@ -7,7 +7,7 @@ Transports:
 
 Two ways to load:
 - closed loop (default): each stream sends its next frame as soon as the previous answer
-  is back; frames/s at 1, 4, 16 streams measures throughput.
+  is back (after a 503 it pauses 50 ms); frames/s at 1, 4, 16 streams measures throughput.
 - fixed rate (`--rate 15 --deadline-ms 80`): each stream is a camera sending at that rate
   whether or not answers are back, stamping each frame with its capture time; reports the
   share of frames decided in time (the decision-deadline scenario).
@@ -40,6 +40,9 @@ from bench.common import FRAMES, latency_summary, load_frames, parse_cpus, pin_t
 
 TRANSPORTS = ("http", "ws", "naive")
 OVERLOAD_STATUS = 503
+# A refused stream pauses this long before its next frame, as a camera skips a frame,
+# instead of spinning on instant 503s and taking CPU from the server it measures.
+OVERLOAD_PAUSE_S = 0.05
 
 
 @dataclass(slots=True)
@@ -165,12 +168,18 @@ async def closed_loop(stream: Stream, frames: list[bytes], offset: int, tally: T
     for index in itertools.count(offset):
         if time.perf_counter() >= tally.window_end:
             return
-        tally.add(await send_and_wait(stream, frames[index % len(frames)]))
+        outcome = await send_and_wait(stream, frames[index % len(frames)])
+        tally.add(outcome)
+        if outcome.status == "overload":
+            await asyncio.sleep(OVERLOAD_PAUSE_S)
 
 
 async def fixed_rate(stream: Stream, frames: list[bytes], offset: int, tally: Tally,
-                     rate: float) -> None:
-    """A camera at `rate` frames/s: sends on schedule whether or not answers are back."""
+                     rate: float, phase: float) -> None:
+    """A camera at `rate` frames/s: sends on schedule whether or not answers are back.
+
+    `phase` (0..1 of a frame period) staggers the cameras, as on real lines.
+    """
     period = 1.0 / rate
     pending: asyncio.Queue[float] = asyncio.Queue()
     posts: set[asyncio.Task[Outcome]] = set()
@@ -180,7 +189,7 @@ async def fixed_rate(stream: Stream, frames: list[bytes], offset: int, tally: Ta
             tally.add(await stream.ws_receive(sent))
 
     receiver = asyncio.create_task(receive_in_order()) if stream.transport == "ws" else None
-    start = time.perf_counter() + offset * period / 4  # stagger cameras a little
+    start = time.perf_counter() + phase * period
     for index in itertools.count():
         due = start + index * period
         if due >= tally.window_end:
@@ -220,7 +229,7 @@ async def run_load(url: str, transport: str, lines: list[str], streams: int,
             offset = i * len(frames) // streams
             if rate is None:
                 return closed_loop(camera, frames, offset, tally)
-            return fixed_rate(camera, frames, offset, tally, rate)
+            return fixed_rate(camera, frames, offset, tally, rate, phase=i / streams)
 
         await asyncio.gather(*(drive(i, camera) for i, camera in enumerate(cameras)))
         cpu_used, wall = _cpu_seconds() - cpu_start, time.perf_counter() - now

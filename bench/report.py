@@ -42,9 +42,13 @@ def render(results: dict[str, Any]) -> str:
         "",
         "## Throughput and latency",
         "",
-        "Closed loop: each stream sends its next frame when the previous answer is back. "
-        "Latency is measured by the client (send to answer). `client CPU` is the load "
-        "generator's own CPU use (CPU-seconds per second).",
+        "Closed loop: each stream sends its next frame when the previous answer is back "
+        "(after a 503 it pauses 50 ms). The serve line used here allows "
+        f"{results['throughput_line']['max_in_flight']} frames in flight per worker and a "
+        f"{results['throughput_line']['deadline_ms']:g} ms deadline, so frames that closed-loop "
+        "streams keep queued count as throughput; the deadline scenario below uses the "
+        "service defaults. Latency is measured by the client (send to answer). `client CPU` "
+        "is the load generator's own CPU use (CPU-seconds per second).",
         "",
         "| contender | frames | streams | frames/s | p50 ms | p95 ms | p99 ms | late | "
         "overload (503) | errors | client CPU |",
