@@ -79,7 +79,7 @@ function fillSelect(select, values) {
   const keep = select.querySelector("option[value='']");
   select.replaceChildren(...(keep ? [keep] : []));
   for (const value of values) select.append(element("option", { value }, value));
-  if (values.includes(current) || current === "") select.value = current;
+  if (values.includes(current) || (keep && current === "")) select.value = current;
 }
 
 async function loadFacets() {
@@ -284,16 +284,17 @@ function throughputChart(container, data) {
   const width = 900, height = 260, left = 50, right = 110, top = 10, bottom = 30;
   const times = data.points.map((p) => p.time);
   const t0 = Math.min(...times), t1 = Math.max(...times) + data.bucket_s;
-  const yMax = Math.max(1, ...data.points.map((p) => p.total));
+  const step = Math.max(1, Math.ceil(Math.max(...data.points.map((p) => p.total)) / 4));
+  const yMax = step * 4; // whole-number ticks
   const x = (t) => left + ((t - t0) / (t1 - t0)) * (width - left - right);
   const y = (v) => height - bottom - (v / yMax) * (height - top - bottom);
   container.replaceChildren();
   const chart = svg("svg", { viewBox: `0 0 ${width} ${height}`, width, height, role: "img",
     "aria-label": `throughput of line ${data.line}` }, container);
   for (let i = 0; i <= 4; i++) {
-    const value = (yMax * i) / 4;
+    const value = step * i;
     svg("line", { x1: left, x2: width - right, y1: y(value), y2: y(value), class: "grid" }, chart);
-    svg("text", { x: left - 6, y: y(value) + 4, "text-anchor": "end" }, chart, Math.round(value));
+    svg("text", { x: left - 6, y: y(value) + 4, "text-anchor": "end" }, chart, value);
   }
   svg("line", { x1: left, x2: width - right, y1: y(0), y2: y(0), class: "axis" }, chart);
   for (const t of [t0, (t0 + t1) / 2, t1]) {
@@ -302,7 +303,8 @@ function throughputChart(container, data) {
   }
   SERIES.forEach(([name, colour], i) => {
     const points = data.points.map((p) => `${x(p.time + data.bucket_s / 2)},${y(p[name] || 0)}`);
-    svg("polyline", { points: points.join(" "), fill: "none", stroke: colour, "stroke-width": 2,
+    svg("polyline", { points: points.join(" "), fill: "none", stroke: colour,
+      "stroke-width": name === "total" ? 3 : 2, "stroke-dasharray": name === "total" ? "6 3" : "none",
       "data-series": name }, chart);
     svg("rect", { x: width - right + 12, y: top + i * 18, width: 10, height: 10, fill: colour }, chart);
     svg("text", { x: width - right + 28, y: top + i * 18 + 9 }, chart, name);
