@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import func, inspect, select
+import cv2
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import create_engine, func, inspect, select
 from tinymodel import colour_frame
 
+from scrapvision.audit.db import migrate
 from scrapvision.audit.settings import AuditSettings
 from scrapvision.audit.store import AuditStore
-from scrapvision.audit.tables import decisions
+from scrapvision.audit.tables import decisions, metadata
 
 T0 = datetime(2026, 11, 22, 6, 0, tzinfo=UTC).timestamp()
 
@@ -117,8 +121,6 @@ def test_sampled_frame_is_stored_downscaled_and_referenced(store, make_decision)
     kept, broken = _rows(store)
     assert kept.frame_reason == "low_margin"
     path = store.frame_store.path(kept.frame_hash)
-    import cv2
-
     assert cv2.imread(str(path)).shape == (180, 320, 3)
     assert broken.frame_hash is None and broken.frame_reason is None
     assert store.stats()["frames"] == {"kept": 1, "failed": 1, "dropped_pending": 0,
@@ -155,3 +157,27 @@ def test_default_sqlite_url_creates_its_folder(tmp_path, make_decision):
     with store.engine.connect() as connection:
         assert connection.scalar(select(func.count()).select_from(decisions)) == 1
         assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+
+
+def test_unreachable_database_buffers_then_catches_up(audit_settings, make_decision):
+    store = AuditStore(audit_settings)  # writer thread not started: flushes are explicit
+    migrate(store.engine)
+    reachable = store.engine
+    store.engine = create_engine("postgresql+psycopg://postgres@127.0.0.1:1/none",
+                                 connect_args={"connect_timeout": 2})  # nothing listens
+    for i in range(20):
+        store.submit(make_decision(time=T0 + i))
+    assert store.flush() is False
+    stats = store.stats()
+    assert stats["buffered"] == 20 and stats["write_errors"] == 1 and stats["written"] == 0
+    assert "OperationalError" in stats["last_error"]
+    store.engine = reachable
+    assert store.flush() is True
+    assert len(_rows(store)) == 20 and store.tallies("line1")["total"] == 20
+    store.close()
+
+
+def test_migrations_match_the_table_definitions(store):
+    with store.engine.connect() as connection:
+        context = MigrationContext.configure(connection)
+        assert compare_metadata(context, metadata) == []
