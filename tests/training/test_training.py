@@ -54,6 +54,7 @@ def test_resume_continues_from_last_checkpoint(trained_run: Path, tmp_path: Path
     assert [row["epoch"] for row in metrics] == [1, 2]
     assert metrics[0] == first_epoch  # epoch 1 was not redone
     assert torch.load(run / "last.pt", weights_only=False)["step"] == 4
+    assert json.loads((run / "run.json").read_text())["best"]["epoch"] in (1, 2)
 
 
 def test_export_registers_a_checked_self_describing_model(trained_run: Path,

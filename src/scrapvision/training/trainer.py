@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from scrapvision.datasets import Sample, class_names, fingerprint, load_samples, write_split
+from scrapvision.registry import write_json_atomic
 from scrapvision.training.backbones import create_model
 from scrapvision.training.config import TrainConfig, dump_config, load_config
 from scrapvision.training.data import (
@@ -102,10 +103,14 @@ def train(config: TrainConfig, run_dir: Path | None = None, *, progress: bool = 
             raise TrainingError(f"the data has no '{name}' rows; cannot train")
     dump_config(config, run_dir / CONFIG_FILE)
     write_split(samples, run_dir / SPLIT_FILE)
-    _write_json(run_dir / RUN_FILE, {
+    run_file = run_dir / RUN_FILE
+    previous = json.loads(run_file.read_text()) if run_file.is_file() else {}
+    write_json_atomic(run_file, {
+        **previous,  # a resumed run keeps its best epoch
         "name": config.name, "classes": classes, "input_size": config.input_size,
         "backbone": config.model.backbone, "data_fingerprint": fingerprint(samples),
-        "counts": {split: sum(s.split == split for s in samples) for split in ("train", "val", "test")},
+        "counts": {split: sum(s.split == split for s in samples)
+                   for split in ("train", "val", "test")},
     })
 
     size = config.input_size
@@ -298,7 +303,7 @@ class Trainer:
         run = json.loads((self.run_dir / RUN_FILE).read_text())
         run["best"] = {"epoch": self.epoch + 1, "weights": source,
                        "val_acc": score.accuracy, "val_loss": score.loss}
-        _write_json(self.run_dir / RUN_FILE, run)
+        write_json_atomic(self.run_dir / RUN_FILE, run)
 
     def _save_last(self) -> None:
         state = {
@@ -326,7 +331,7 @@ class Trainer:
         tqdm.write(f"resumed {self.run_dir} after epoch {self.epoch}")
 
     def _write_metrics(self) -> None:
-        _write_json(self.run_dir / "metrics.json", self.history)
+        write_json_atomic(self.run_dir / "metrics.json", self.history)
         with (self.run_dir / "metrics.csv").open("w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=list(self.history[0]))
             writer.writeheader()
@@ -355,7 +360,3 @@ def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
-
-
-def _write_json(path: Path, data: Any) -> None:
-    path.write_text(json.dumps(data, indent=2))
