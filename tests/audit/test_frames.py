@@ -72,3 +72,10 @@ def test_only_sha256_hex_names_map_to_paths(tmp_path, bad):
 def test_undecodable_frames_raise_decode_error(tmp_path):
     with pytest.raises(DecodeError):
         FrameStore(tmp_path).save(b"\xff\xd8\xff garbage")
+
+
+def test_a_late_record_from_an_earlier_minute_does_not_reset_the_caps(make_decision):
+    sampler = _sampler(max_per_minute=2)
+    for seconds in (60, 61, 0, 62):  # the record at 0 s arrives after minute 1 began
+        sampler.reason(make_decision(time=MINUTE + seconds, margin=0.0))
+    assert sampler.skipped_by_cap == 2

@@ -10,6 +10,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import cv2
@@ -133,7 +134,12 @@ def test_qa_page_review_flow(served, page, tmp_path):
     assert (tmp_path / "export" / "blue" / f"{relabelled['frame_hash']}.jpg").is_file()
 
     page.click("button.tab[data-tab='charts']")
-    page.wait_for_selector("#throughput-chart polyline[data-series='total']")
+    page.wait_for_selector("#throughput-chart svg")
+    total = page.locator("#throughput-chart polyline[data-series='total']")
+    now = datetime.now(UTC)
+    expected = queries.throughput(store.engine, "line1", now - timedelta(hours=8), now,
+                                  bucket_s=240)  # what the page asks for 8 hours
+    assert len(total.get_attribute("points").split()) == len(expected["points"]) > 0
     page.wait_for_selector("#purity-chart circle")
     shot = tmp_path / "qa.png"
     page.screenshot(path=str(shot), full_page=True)

@@ -7,6 +7,9 @@ commits). Several processes may write one SQLite file; they take turns via busy_
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+from collections.abc import Iterator
 from pathlib import Path
 
 from alembic import command
@@ -43,6 +46,22 @@ def migrate(engine: Engine, revision: str = "head") -> None:
     """Bring the schema to `revision` (Alembic `upgrade`); a no-op when already there."""
     config = Config()
     config.set_main_option("script_location", SCRIPT_LOCATION)
-    with engine.begin() as connection:
+    with _sqlite_file_lock(engine), engine.begin() as connection:
         config.attributes["connection"] = connection
         command.upgrade(config, revision)
+
+
+@contextlib.contextmanager
+def _sqlite_file_lock(engine: Engine) -> Iterator[None]:
+    """Serialise migrations of one SQLite file across processes (no-op for other databases).
+
+    pysqlite runs DDL outside a transaction, so worker processes starting together on a
+    fresh file would otherwise both create the tables and all but one fail to start.
+    """
+    database = engine.url.database
+    if engine.dialect.name != "sqlite" or not database or database == ":memory:":
+        yield
+        return
+    with open(f"{database}.migrate.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield

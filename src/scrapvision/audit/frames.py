@@ -82,7 +82,7 @@ class FrameSampler:
         return CLASS_SAMPLE
 
     def _roll_minute(self, line: str, minute: int) -> None:
-        if self._minute.get(line) == minute:
+        if self._minute.get(line, minute - 1) >= minute:  # a late record counts as this minute
             return
         self._minute[line] = minute
         self._kept[line] = 0
