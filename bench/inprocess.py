@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
-import cv2
 import numpy as np
 
 from bench.common import (
@@ -75,7 +74,7 @@ class Job:
 
 def full_size_decode() -> Any:
     """Context in which `decode_frame` decodes JPEGs at full size (the 'off' variant)."""
-    return mock.patch("scrapvision.decode.reduction_flag", return_value=cv2.IMREAD_COLOR)
+    return mock.patch("scrapvision.decode.reduction_factor", return_value=1)
 
 
 def _worker(job: Job, start: Any, results: Any) -> None:

@@ -33,8 +33,9 @@ def with_png_size(data: bytes, width: int, height: int) -> bytes:
 def no_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
     """Fail the test if pixels are decoded: refusals must come from the header alone."""
     def refuse(*args, **kwargs):
-        raise AssertionError("cv2.imdecode was called")
+        raise AssertionError("a decoder was called")
     monkeypatch.setattr(decode.cv2, "imdecode", refuse)
+    monkeypatch.setattr(decode.simplejpeg, "decode_jpeg", refuse)
 
 
 @pytest.mark.parametrize("fmt", [".jpg", ".png"])
