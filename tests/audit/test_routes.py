@@ -87,6 +87,7 @@ def test_list_is_newest_first_with_every_field(client, seeded):
       "until": datetime.fromtimestamp(T0 + 240, UTC).isoformat()}, ["b1", "r3"]),
     ({"since": T0 + 420}, ["x2", "x1"]),
     ({"has_frame": False}, ["l1"]),
+    ({"frame_reason": "low_margin"}, ["g1", "r2"]),
 ])
 def test_filters(client, seeded, params, expected):
     assert frame_ids(client, **params) == expected
@@ -216,6 +217,9 @@ def test_purity_and_accuracy_per_line_shift_bin(client, seeded):
     (accuracy,) = body["accuracy"]
     assert (accuracy["n"], accuracy["correct"]) == (5, 3)
     assert client.get("/v1/audit/purity", params={"line": "line2"}).json()["bins"] == []
+    low_margin_only = client.get("/v1/audit/purity", params={"frame_reason": "low_margin"})
+    assert [(row["bin"], row["n"]) for row in low_margin_only.json()["bins"]] == [("bin-red", 1)]
+    assert client.get("/v1/audit/purity", params={"frame_reason": "any"}).status_code == 422
 
 
 def test_purity_groups_by_configured_shift(client, seeded, store):

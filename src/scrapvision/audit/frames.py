@@ -15,6 +15,7 @@ import re
 import threading
 from collections import Counter
 from pathlib import Path
+from typing import Literal
 
 import cv2
 import numpy as np
@@ -29,6 +30,7 @@ LOW_MARGIN = "low_margin"
 RECIRCULATED = "recirculated"
 CLASS_SAMPLE = "class_sample"
 RANDOM = "random"
+FrameReason = Literal["low_margin", "recirculated", "class_sample", "random"]
 
 
 class FrameSampler:
@@ -47,7 +49,7 @@ class FrameSampler:
         self._per_class: Counter[tuple[str, str]] = Counter()  # (line, class) -> kept
         self.skipped_by_cap = 0
 
-    def reason(self, record: DecisionRecord) -> str | None:
+    def reason(self, record: DecisionRecord) -> FrameReason | None:
         """Why this decision's frame should be kept, or None; counts it against the caps."""
         settings = self.settings
         if not settings.enabled:
@@ -71,7 +73,7 @@ class FrameSampler:
             self._kept[record.line] += 1
         return reason
 
-    def _candidate(self, record: DecisionRecord) -> str | None:
+    def _candidate(self, record: DecisionRecord) -> FrameReason | None:
         settings = self.settings
         if record.class_name is None:  # late or overload: no inference, nothing to judge
             return None

@@ -19,6 +19,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, model_validator
 from sqlalchemy import Engine, Select, func, select
 
+from scrapvision.audit.frames import FrameReason
 from scrapvision.audit.tables import decisions, reviews, tally_minutes
 
 EXPORT_CHUNK = 1_000
@@ -48,6 +49,7 @@ class DecisionFilter(BaseModel):
     model_version: str | None = None
     reviewed: bool | None = None
     has_frame: bool | None = None
+    frame_reason: FrameReason | None = Field(None, description="why the frame was kept")
     label: str | None = Field(None, description="label given by the latest review")
 
     @model_validator(mode="after")
@@ -74,7 +76,8 @@ def apply_filter(query: Select, where: DecisionFilter) -> Select:
     column = decisions.c
     equal = {"line": column.line, "class_name": column.class_name, "action": column.action,
              "bin": column.bin, "model_name": column.model_name,
-             "model_version": column.model_version, "label": latest_review.c.label}
+             "model_version": column.model_version, "frame_reason": column.frame_reason,
+             "label": latest_review.c.label}
     for name, target in equal.items():
         value = getattr(where, name)
         if value is not None:

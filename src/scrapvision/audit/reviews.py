@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from sqlalchemy import Engine, insert, select
 
+from scrapvision.audit.frames import FrameReason
 from scrapvision.audit.queries import (
     DecisionFilter,
     apply_filter,
@@ -111,9 +112,15 @@ def _share(correct: int, n: int) -> dict[str, Any]:
 
 
 def purity(engine: Engine, settings: AuditSettings, line: str | None = None,
-           since: datetime | None = None, until: datetime | None = None) -> dict[str, Any]:
-    """Audited accuracy per line and shift, and estimated purity per line, shift and bin."""
-    where = DecisionFilter(line=line, since=since, until=until, reviewed=True)
+           since: datetime | None = None, until: datetime | None = None,
+           frame_reason: FrameReason | None = None) -> dict[str, Any]:
+    """Audited accuracy per line and shift, and estimated purity per line, shift and bin.
+
+    `frame_reason="random"` restricts both to the randomly sampled frames: fewer reviews,
+    but an unbiased estimate.
+    """
+    where = DecisionFilter(line=line, since=since, until=until, reviewed=True,
+                           frame_reason=frame_reason)
     query = apply_filter(select(decisions.c.line, decisions.c.time, decisions.c.action,
                           decisions.c.class_name, decisions.c.bin, latest_review.c.label)
                    .select_from(decisions

@@ -18,7 +18,7 @@ from fastapi.responses import FileResponse, HTMLResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
 from scrapvision.audit import queries, reviews
-from scrapvision.audit.frames import FRAME_HASH
+from scrapvision.audit.frames import FRAME_HASH, FrameReason
 from scrapvision.audit.store import AuditStore
 from scrapvision.service.auth import require_role
 
@@ -101,9 +101,14 @@ def get_frame(store: Store,
 
 @router.get("/purity")
 def get_purity(store: Store, line: str | None = None, since: datetime | None = None,
-               until: datetime | None = None) -> dict[str, Any]:
-    """Audited accuracy per line and shift, estimated purity per bin: share, n, Wilson 95% CI."""
-    return reviews.purity(store.engine, store.settings, line, since, until)
+               until: datetime | None = None,
+               frame_reason: FrameReason | None = None) -> dict[str, Any]:
+    """Audited accuracy per line and shift, estimated purity per bin: share, n, Wilson 95% CI.
+
+    Reviews over-represent low-margin frames; `frame_reason=random` gives the unbiased
+    estimate from the random sample alone.
+    """
+    return reviews.purity(store.engine, store.settings, line, since, until, frame_reason)
 
 
 @router.get("/throughput")
