@@ -120,10 +120,7 @@ def _target_rows(results: dict[str, Any]) -> list[str]:
                         f"({frame_set}) | {run['fps']:.1f} / {limit['fps']:.1f} frames/s "
                         f"({limit['layout']}) = {ratio:.2f}x | {_verdict(ratio >= need)} |")
             if naive_run:
-                ratio = run["fps"] / naive_run["fps"] if naive_run["fps"] else float("inf")
-                rows.append(f"| {transport.upper()} at {streams} streams >= {VS_NAIVE:g}x naive "
-                            f"({frame_set}) | {run['fps']:.1f} / {naive_run['fps']:.1f} "
-                            f"frames/s = {ratio:.1f}x | {_verdict(ratio >= VS_NAIVE)} |")
+                rows.append(_naive_row(transport, streams, frame_set, run, naive_run))
     for run in serve["deadline"]:
         share = run["in_time_share"]
         rows.append(f"| deadline scenario ({run['transport'].upper()}) >= "
@@ -136,6 +133,16 @@ def _target_rows(results: dict[str, Any]) -> list[str]:
     rows.append(f"| `serve` ready < {READY_S:g} s | {serve['ready_s']:.2f} s | "
                 f"{_verdict(serve['ready_s'] < READY_S)} |")
     return rows
+
+
+def _naive_row(transport: str, streams: int, frame_set: str, run: dict[str, Any],
+               naive_run: dict[str, Any]) -> str:
+    target = f"{transport.upper()} at {streams} streams >= {VS_NAIVE:g}x naive ({frame_set})"
+    if not naive_run["fps"]:
+        return f"| {target} | the naive service decided no frame in the window | n/a |"
+    ratio = run["fps"] / naive_run["fps"]
+    return (f"| {target} | {run['fps']:.1f} / {naive_run['fps']:.1f} frames/s = {ratio:.1f}x "
+            f"| {_verdict(ratio >= VS_NAIVE)} |")
 
 
 def _load_row(name: str, run: dict[str, Any]) -> str:

@@ -83,7 +83,7 @@ class Plan:
 
 QUICK = Plan(load_seconds=0.5, warmup_seconds=0.2, inprocess_seconds=0.5, deadline_seconds=1.0,
              streams=(1, 2), frame_sets=("640x480",), max_frames=5, layouts=((1, 1),),
-             serve_layouts=((1, 1),), batches=(2,))
+             serve_layouts=((1, 1), (1, 2)), batches=(2,))
 
 
 @dataclass
