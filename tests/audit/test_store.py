@@ -10,12 +10,12 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, func, inspect, select
 from tinymodel import colour_frame
 
-from scrapvision.audit.db import migrate
 from scrapvision.audit.settings import AuditSettings
 from scrapvision.audit.store import AuditStore
 from scrapvision.audit.tables import decisions, metadata
 
 T0 = datetime(2026, 11, 22, 6, 0, tzinfo=UTC).timestamp()
+UNREACHABLE = "postgresql+psycopg://postgres@127.0.0.1:1/none?connect_timeout=2"  # port 1: closed
 
 
 def _rows(store: AuditStore) -> list:
@@ -161,10 +161,8 @@ def test_default_sqlite_url_creates_its_folder(tmp_path, make_decision):
 
 def test_unreachable_database_buffers_then_catches_up(audit_settings, make_decision):
     store = AuditStore(audit_settings)  # writer thread not started: flushes are explicit
-    migrate(store.engine)
     reachable = store.engine
-    store.engine = create_engine("postgresql+psycopg://postgres@127.0.0.1:1/none",
-                                 connect_args={"connect_timeout": 2})  # nothing listens
+    store.engine = create_engine(UNREACHABLE)
     for i in range(20):
         store.submit(make_decision(time=T0 + i))
     assert store.flush() is False
@@ -172,9 +170,17 @@ def test_unreachable_database_buffers_then_catches_up(audit_settings, make_decis
     assert stats["buffered"] == 20 and stats["write_errors"] == 1 and stats["written"] == 0
     assert "OperationalError" in stats["last_error"]
     store.engine = reachable
-    assert store.flush() is True
+    assert store.flush() is True  # migrates first: the database was never reached before
     assert len(_rows(store)) == 20 and store.tallies("line1")["total"] == 20
     store.close()
+
+
+def test_start_with_the_database_down_does_not_fail(audit_settings, make_decision):
+    store = AuditStore(audit_settings.model_copy(update={"url": UNREACHABLE}))
+    store.start()  # logs, buffers, and retries in the writer thread
+    store.submit(make_decision())
+    store.close()
+    assert store.stats()["lost_at_close"] == 1
 
 
 def test_migrations_match_the_table_definitions(store):

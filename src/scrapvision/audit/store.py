@@ -22,13 +22,14 @@ from typing import Any
 
 from sqlalchemy import Engine, func, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError
 
 from scrapvision.audit import retention
 from scrapvision.audit.db import make_engine, migrate
 from scrapvision.audit.frames import FrameSampler, FrameStore
 from scrapvision.audit.settings import AuditSettings
 from scrapvision.audit.tables import decisions, tally_minutes
-from scrapvision.audit.writer import GroupCommitWriter
+from scrapvision.audit.writer import GroupCommitWriter, database_unreachable
 from scrapvision.decode import DecodeError
 from scrapvision.records import DecisionRecord
 
@@ -71,12 +72,26 @@ class AuditStore:
         self._frames_pending = 0
         self._frame_counts = {"kept": 0, "dropped_pending": 0, "failed": 0}
         self._submit_errors = 0
+        self._migrated = False
 
     def start(self) -> AuditStore:
-        """Migrate the schema to the newest revision and start the writer thread."""
-        migrate(self.engine)
+        """Migrate the schema to the newest revision and start the writer thread.
+
+        A database that cannot be reached yet does not stop the service: decisions are
+        buffered and the writer migrates before its first successful write.
+        """
+        try:
+            self._migrate()
+        except DBAPIError as error:
+            if not database_unreachable(error):
+                raise
+            log.error("audit: database unreachable at start, buffering decisions: %s", error)
         self._writer.start()
         return self
+
+    def _migrate(self) -> None:
+        migrate(self.engine)
+        self._migrated = True
 
     def close(self) -> None:
         """Write everything buffered, then release the database."""
@@ -209,6 +224,8 @@ class AuditStore:
                 self._frame_counts[outcome] += 1
 
     def _write(self, batch: list[Pending]) -> None:
+        if not self._migrated:
+            self._migrate()
         self._save_frames(batch)
         rollups = _rollups(batch)
         with self.engine.begin() as connection:

@@ -134,7 +134,7 @@ class GroupCommitWriter(Generic[Item]):
         try:
             self._write(batch)
         except DBAPIError as error:
-            if _unreachable(error):
+            if database_unreachable(error):
                 self._record_failure(error)
                 return False
             self._write_one_by_one(batch)
@@ -181,6 +181,6 @@ class GroupCommitWriter(Generic[Item]):
             log.exception("audit: periodic job failed")
 
 
-def _unreachable(error: DBAPIError) -> bool:
+def database_unreachable(error: DBAPIError) -> bool:
     """True when the database (not the data) is the problem: worth retrying the batch."""
     return error.connection_invalidated or isinstance(error, (OperationalError, InterfaceError))
