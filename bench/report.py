@@ -194,7 +194,43 @@ def _optimisation_lines(results: dict[str, Any]) -> list[str]:
             cells.append(f"{run['fps']:.1f}" if run else "-")
         out.append(f"| {layout} | {batch} | {'on' if reduced else 'off'} | "
                    + " | ".join(cells) + " |")
-    out += ["", *_serve_layout_lines(results), *_copy_line(results), *_quantize_lines(results)]
+    out += ["", *_inprocess_lines(results), *_serve_layout_lines(results),
+            *_copy_line(results), *_quantize_lines(results)]
+    return out
+
+
+def _inprocess_fps(results: dict[str, Any], frame_set: str, layout: str, batch: int = 1,
+                   reduced: bool = True) -> float | None:
+    return next((r["fps"] for r in results["inprocess"] if r["frame_set"] == frame_set
+                 and r["layout"] == layout and r["batch"] == batch
+                 and r["reduced_decode"] == reduced), None)
+
+
+def _change(new: float, old: float) -> str:
+    return f"{new:.1f} vs {old:.1f} frames/s ({(new / old - 1) * 100:+.0f}%)"
+
+
+def _inprocess_lines(results: dict[str, Any]) -> list[str]:
+    """What the in-process variants say about each optimisation, each against the same
+    layout without it."""
+    out = []
+    for frame_set in results["frames"]:
+        runs = [r for r in results["inprocess"] if r["frame_set"] == frame_set]
+        for run in (r for r in runs if not r["reduced_decode"]):
+            reduced = _inprocess_fps(results, frame_set, run["layout"])
+            if reduced:
+                out.append(f"- Reduced-size JPEG decode, {frame_set}, {run['layout']}: on vs off "
+                           f"{_change(reduced, run['fps'])}.")
+        for run in (r for r in runs if r["batch"] > 1):
+            single = _inprocess_fps(results, frame_set, run["layout"])
+            if single:
+                verdict = "pays" if run["fps"] > 1.05 * single else "does not pay"
+                out.append(f"- Micro-batching, {frame_set}, {run['layout']}: batches of "
+                           f"{run['batch']} vs one frame at a time {_change(run['fps'], single)}: "
+                           f"it {verdict} here.")
+    if any(r["batch"] > 1 for r in results["inprocess"]):
+        out.append("- `scrapvision serve` decides frame by frame (it has no micro-batcher); "
+                   "its worker processes x onnxruntime threads layout is configurable.")
     return out
 
 
