@@ -18,10 +18,9 @@ from pathlib import Path
 from typing import Literal
 
 import cv2
-import numpy as np
 
 from scrapvision.audit.settings import FrameSampling
-from scrapvision.decode import DecodeError, check_dimensions, header_size, reduction_flag
+from scrapvision.decode import DecodeError, check_dimensions, decode_frame, header_size
 from scrapvision.records import DecisionRecord
 
 FRAME_HASH = re.compile(r"^[0-9a-f]{64}$")
@@ -119,17 +118,16 @@ class FrameStore:
         return frame_hash
 
     def encode(self, frame: bytes) -> bytes:
-        """JPEG bytes of `frame` with its longest side at most `longest_side` pixels."""
+        """JPEG bytes of `frame` with its longest side at most `longest_side` pixels.
+
+        Decoded by the serving path's own `decode_frame` (header checks, reduced-size
+        JPEG decoding, area resize), keeping the aspect ratio.
+        """
         width, height = header_size(frame)
         check_dimensions(width, height)
         scale = min(1.0, self.longest_side / max(width, height))
         target = (max(1, round(height * scale)), max(1, round(width * scale)))
-        flag = reduction_flag(width, height, target)  # libjpeg scales down cheaply
-        image = cv2.imdecode(np.frombuffer(frame, dtype=np.uint8), flag)
-        if image is None:
-            raise DecodeError("frame could not be decoded")
-        if image.shape[:2] != target:
-            image = cv2.resize(image, target[::-1], interpolation=cv2.INTER_AREA)
+        image = decode_frame(frame, target, "BGR")
         ok, buffer = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality])
         if not ok:
             raise DecodeError("frame could not be encoded as JPEG")
