@@ -1,4 +1,5 @@
-"""Reliability fixtures: a tally of how many generated cases each fuzz test ran.
+"""Reliability fixtures: the real app with keys of every role, and a tally of how many
+generated cases each fuzz test ran.
 
 The counts are printed at the end of the run ("reliability cases: ..."): the README's
 Reliability figures quote them, so they must come from the run, not from settings.
@@ -8,8 +9,17 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
+from fastapi.testclient import TestClient
+
+from scrapvision.audit.settings import AuditSettings
+from scrapvision.service.app import create_app
+from scrapvision.service.auth import hash_key
+from scrapvision.settings import CONFIG_ENV, ApiKey, LineSettings, Settings
 
 SLOW = os.environ.get("SCRAPVISION_SLOW") == "1"
 CASES: Counter[str] = Counter()
@@ -38,3 +48,52 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.write_sep("-", "reliability cases")
         for name, number in sorted(CASES.items()):
             terminalreporter.write_line(f"{name}: {number} cases")
+
+
+KEYS = {"frames": "frames-secret", "qa": "qa-secret", "admin": "admin-secret"}
+
+
+@pytest.fixture(autouse=True)
+def _no_config_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests build their settings explicitly; a developer's config must not leak in."""
+    monkeypatch.delenv(CONFIG_ENV, raising=False)
+
+
+@pytest.fixture
+def make_settings(models_dir: Path, tmp_path: Path) -> Callable[..., Settings]:
+    """Service settings on the tiny model with a private SQLite audit store (real store).
+
+    The line's deadline is long so a busy test machine never turns decisions 'late'.
+    """
+
+    def make(keys: bool = False, audit: dict[str, Any] | None = None,
+             **overrides: Any) -> Settings:
+        audit_settings = AuditSettings(**{"url": f"sqlite:///{tmp_path / 'audit.db'}",
+                                          "frames_dir": tmp_path / "frames",
+                                          "commit_interval_ms": 20, **(audit or {})})
+        values: dict[str, Any] = {
+            "models_dir": models_dir, "audit": audit_settings, "model_poll_s": 0.05,
+            "lines": {"tiny": LineSettings(model="tiny", deadline_ms=60_000)},
+            "api_keys": [ApiKey(name=role, role=role, sha256=hash_key(key))
+                         for role, key in KEYS.items()] if keys else [],
+            **overrides,
+        }
+        return Settings(**values)
+
+    return make
+
+
+@pytest.fixture
+def make_client(make_settings: Callable[..., Settings]) -> Iterator[Callable[..., TestClient]]:
+    """The real app (lifespan, audit store) as a TestClient; closed after the test."""
+    clients: list[TestClient] = []
+
+    def make(**settings: Any) -> TestClient:
+        client = TestClient(create_app(make_settings(**settings)))
+        client.__enter__()
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.__exit__(None, None, None)
