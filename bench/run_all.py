@@ -12,7 +12,7 @@ Servers and in-process workers run on the "server" CPUs, the load generator (thi
 process) on the "client" CPUs: disjoint when there are at least 4 CPUs (or `--pin split`),
 otherwise shared, and the client's own CPU use is reported next to every number.
 
-    python -m bench.run_all                      # full run, about 8 minutes on 2 cores
+    python -m bench.run_all                      # full run, about 7 minutes on 2 cores
     python -m bench.run_all --quick              # a few seconds: checks everything runs
 """
 
@@ -66,10 +66,10 @@ THROUGHPUT_DEADLINE_MS = 1000.0
 class Plan:
     """How long and how wide each part runs."""
 
-    load_seconds: float = 10.0
+    load_seconds: float = 8.0
     warmup_seconds: float = 1.0  # per load run, after one answered frame per stream
-    inprocess_seconds: float = 8.0
-    deadline_seconds: float = 60.0
+    inprocess_seconds: float = 6.0
+    deadline_seconds: float = 45.0  # 2,700 frames per transport: 99.9% allows 2 misses
     deadline_rate: float = 15.0
     deadline_ms: float = 80.0
     streams: tuple[int, ...] = (1, 4, 16)
