@@ -111,6 +111,14 @@ class Stream:
         if self.ws is not None:
             await self.ws.close()
 
+    @property
+    def lost(self) -> bool:
+        """The WebSocket was closed under us: this stream cannot send any more."""
+        return self.ws is not None and self.ws.closed
+
+    def failed(self) -> Outcome:
+        return Outcome(time.perf_counter(), 0.0, "error", False)
+
     def _outcome(self, sent: float, status: int, decision: dict[str, Any] | None) -> Outcome:
         latency_ms = (time.perf_counter() - sent) * 1000.0
         kind, server_in_time = classify(status, decision)
@@ -137,13 +145,18 @@ class Stream:
         except aiohttp.ClientError:
             return self._outcome(sent, 0, None)
 
-    async def ws_send(self, frame: bytes, capture_time: float) -> float:
-        """Send one frame on the stream; returns its send time (answers come in order)."""
+    async def ws_send(self, frame: bytes, capture_time: float) -> float | None:
+        """Send one frame on the stream; its send time (answers come in order), or None
+        when the socket is gone."""
         assert self.ws is not None
         frame_id = f"{self.name}-{next(self.counter)}"
         sent = time.perf_counter()
-        await self.ws.send_str(json.dumps({"frame_id": frame_id, "capture_time": capture_time}))
-        await self.ws.send_bytes(frame)
+        try:
+            await self.ws.send_str(json.dumps({"frame_id": frame_id,
+                                               "capture_time": capture_time}))
+            await self.ws.send_bytes(frame)
+        except (aiohttp.ClientError, ConnectionError):
+            return None
         return sent
 
     async def ws_receive(self, sent: float) -> Outcome:
@@ -158,15 +171,16 @@ class Stream:
 
 async def send_and_wait(stream: Stream, frame: bytes) -> Outcome:
     """One frame, answer awaited (over either transport)."""
-    if stream.transport == "ws":
-        return await stream.ws_receive(await stream.ws_send(frame, time.time()))
-    return await stream.post(frame, time.time())
+    if stream.transport != "ws":
+        return await stream.post(frame, time.time())
+    sent = await stream.ws_send(frame, time.time())
+    return stream.failed() if sent is None else await stream.ws_receive(sent)
 
 
 async def closed_loop(stream: Stream, frames: list[bytes], offset: int, tally: Tally) -> None:
     """Next frame as soon as the previous answer is back, until the window ends."""
     for index in itertools.count(offset):
-        if time.perf_counter() >= tally.window_end:
+        if time.perf_counter() >= tally.window_end or stream.lost:
             return
         outcome = await send_and_wait(stream, frames[index % len(frames)])
         tally.add(outcome)
@@ -198,7 +212,11 @@ async def fixed_rate(stream: Stream, frames: list[bytes], offset: int, tally: Ta
         frame = frames[(offset + index) % len(frames)]
         capture_time = time.time()
         if receiver is not None:
-            pending.put_nowait(await stream.ws_send(frame, capture_time))
+            sent = await stream.ws_send(frame, capture_time)
+            if sent is None:
+                tally.add(stream.failed())
+                break
+            pending.put_nowait(sent)
         else:
             task = asyncio.create_task(stream.post(frame, capture_time))
             task.add_done_callback(lambda t: (posts.discard(t), tally.add(t.result())))
@@ -215,7 +233,7 @@ async def run_load(url: str, transport: str, lines: list[str], streams: int,
     """Drive `streams` cameras (spread over `lines`) and summarise the measured window."""
     connector = aiohttp.TCPConnector(limit=0)
     timeout = aiohttp.ClientTimeout(total=60)
-    async with aiohttp.ClientSession(url, connector=connector, timeout=timeout) as session:
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         cameras = [Stream(session, url, transport, lines[i % len(lines)], f"s{i}", deadline_ms)
                    for i in range(streams)]
         await asyncio.gather(*(camera.open() for camera in cameras))
