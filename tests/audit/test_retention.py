@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import time
+
 from sqlalchemy import func, select
 from tinymodel import colour_frame
 
 from scrapvision.audit import queries, reviews
 from scrapvision.audit.retention import prune
+from scrapvision.audit.store import AuditStore
 from scrapvision.audit.tables import decisions, tally_minutes
 
 DAY = 86_400.0
@@ -52,3 +55,18 @@ def test_prune_by_row_count_deletes_oldest_and_orphan_frames(store, make_decisio
     assert not store.frame_store.path(ids["old"]["frame_hash"]).exists()
     assert _count(store) == 2  # "new" and the reviewed one
     assert prune(store.engine, store.frame_store, settings, now=NOW).decisions == 0
+
+
+def test_running_store_prunes_in_the_background(audit_settings, make_decision):
+    settings = audit_settings.model_copy(update={"max_age_days": 1, "prune_interval_s": 0.05})
+    store = AuditStore(settings).start()
+    try:
+        store.submit(make_decision(time=NOW - 30 * DAY))
+        assert store.flush()
+        for _ in range(200):  # polls until the retention thread ran (no timing asserted)
+            if _count(store) == 0:
+                break
+            time.sleep(0.05)
+        assert _count(store) == 0
+    finally:
+        store.close()

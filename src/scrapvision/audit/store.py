@@ -65,9 +65,11 @@ class AuditStore:
             max_buffered=self.settings.max_buffered,
             max_batch=self.settings.max_batch,
             retry_max_s=self.settings.retry_max_s,
-            periodic=self.prune,
-            periodic_interval_s=self.settings.prune_interval_s,
         )
+        # Retention runs in its own thread so a long prune never stretches a commit window.
+        self._retention = threading.Thread(target=self._prune_periodically,
+                                           name="audit-retention", daemon=True)
+        self._closing = threading.Event()
         self._frame_lock = threading.Lock()
         self._frames_pending = 0
         self._frame_counts = {"kept": 0, "dropped_pending": 0, "failed": 0}
@@ -87,6 +89,7 @@ class AuditStore:
                 raise
             log.error("audit: database unreachable at start, buffering decisions: %s", error)
         self._writer.start()
+        self._retention.start()
         return self
 
     def _migrate(self) -> None:
@@ -95,6 +98,9 @@ class AuditStore:
 
     def close(self) -> None:
         """Write everything buffered, then release the database."""
+        self._closing.set()
+        if self._retention.is_alive():
+            self._retention.join()
         self._writer.close()
         self.engine.dispose()
 
@@ -190,8 +196,18 @@ class AuditStore:
                 "frames": frames}
 
     def prune(self) -> retention.PruneResult:
-        """Apply the retention settings now (the writer also runs this periodically)."""
+        """Apply the retention settings now (a background thread also does, periodically)."""
         return retention.prune(self.engine, self.frame_store, self.settings)
+
+    def _prune_periodically(self) -> None:
+        while not self._closing.wait(self.settings.prune_interval_s):
+            try:
+                result = self.prune()
+            except Exception:  # noqa: BLE001 - retention failing must not stop the service
+                log.exception("audit: retention failed; retrying in %.0f s",
+                              self.settings.prune_interval_s)
+            else:
+                log.info("audit: retention pruned %s", result)
 
     def _reserve_frame(self) -> bool:
         with self._frame_lock:

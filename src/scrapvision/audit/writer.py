@@ -56,8 +56,6 @@ class GroupCommitWriter(Generic[Item]):
         max_buffered: int,
         max_batch: int,
         retry_max_s: float,
-        periodic: Callable[[], None] | None = None,
-        periodic_interval_s: float = 3600.0,
         name: str = "audit-writer",
     ) -> None:
         self._write = write
@@ -65,8 +63,6 @@ class GroupCommitWriter(Generic[Item]):
         self.max_buffered = max_buffered
         self.max_batch = max_batch
         self.retry_max_s = retry_max_s
-        self._periodic = periodic
-        self._periodic_interval_s = periodic_interval_s
         self._buffer: deque[Item] = deque()
         self._lock = threading.Lock()
         self._drain_lock = threading.Lock()  # one drainer at a time: no batch written twice
@@ -119,13 +115,9 @@ class GroupCommitWriter(Generic[Item]):
                         self._buffer.popleft()
 
     def _run(self) -> None:
-        next_periodic = time.monotonic() + self._periodic_interval_s
         wait = self.interval_s
         while not self._stop.wait(wait):
             wait = self.interval_s if self.drain() else self._backoff()
-            if self._periodic is not None and time.monotonic() >= next_periodic:
-                next_periodic = time.monotonic() + self._periodic_interval_s
-                self._run_periodic()
 
     def _backoff(self) -> float:
         return min(self.retry_max_s, self.interval_s * 2 ** min(self._failures, 16))
@@ -173,13 +165,6 @@ class GroupCommitWriter(Generic[Item]):
         with self._lock:
             self._stats.write_errors += 1
             self._stats.last_error = repr(error)
-
-    def _run_periodic(self) -> None:
-        try:
-            self._periodic()
-        except Exception:  # noqa: BLE001 - retention failing must not stop the writer
-            log.exception("audit: periodic job failed")
-
 
 def database_unreachable(error: DBAPIError) -> bool:
     """True when the database (not the data) is the problem: worth retrying the batch."""
