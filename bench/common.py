@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import time
@@ -89,3 +90,10 @@ def default_model() -> Path:
         return ModelRegistry(REPO / "models").model_path("ewaste")
     except RegistryError:
         return OUT / "standin" / "model.onnx"
+
+
+def append_json(path: Path | None, record: dict[str, Any]) -> None:
+    """Append `record` as one JSON line to `path` (the scripts' `--json`); None: nothing."""
+    if path is not None:
+        with path.open("a") as out:
+            out.write(json.dumps(record) + "\n")

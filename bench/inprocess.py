@@ -12,7 +12,6 @@ beat one process with several threads, so compare layouts and take the best.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
 import time
 from contextlib import nullcontext
@@ -25,6 +24,7 @@ import numpy as np
 
 from bench.common import (
     FRAMES,
+    append_json,
     default_model,
     latency_summary,
     load_frames,
@@ -166,9 +166,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"in-process {result['layout']} batch {job.batch} "
               f"reduced_decode={job.reduced_decode} {result['frame_set']}: "
               f"{result['fps']:.1f} frames/s (step p50 {result['p50_ms']:.2f} ms)")
-        if args.json:
-            with args.json.open("a") as out:
-                out.write(json.dumps({"bench": "inprocess", "model": str(model), **result}) + "\n")
+        append_json(args.json, {"bench": "inprocess", "model": str(model), **result})
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ from typing import Any
 import aiohttp
 import uvloop
 
-from bench.common import FRAMES, latency_summary, load_frames, parse_cpus, pin_to
+from bench.common import FRAMES, append_json, latency_summary, load_frames, parse_cpus, pin_to
 
 TRANSPORTS = ("http", "ws", "naive")
 OVERLOAD_STATUS = 503
@@ -325,9 +325,7 @@ def main(argv: list[str] | None = None) -> None:
               f"p50 {result['p50_ms']:.1f} p99 {result['p99_ms']:.1f} ms, "
               f"late {result['late']}, overload {result['overload']}, errors {result['error']}"
               f"{in_time}, client CPU {result['client_cpu']:.2f}")
-        if args.json:
-            with args.json.open("a") as out:
-                out.write(json.dumps({"bench": "load", "url": args.url, **result}) + "\n")
+        append_json(args.json, {"bench": "load", "url": args.url, **result})
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ shipped model, it says whether to.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,7 +28,7 @@ from onnxruntime.quantization import (
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from bench.common import FRAMES, OUT, default_model
+from bench.common import FRAMES, OUT, append_json, default_model
 from bench.inprocess import Job, measure
 from scrapvision.datasets import Sample, load_samples
 from scrapvision.decode import decode_frame
@@ -131,9 +130,7 @@ def main(argv: list[str] | None = None) -> None:
           f"(drop {result['top1_drop_points']:.2f} points); "
           f"{result['fp32_fps']:.1f} -> {result['int8_fps']:.1f} frames/s; "
           f"keep int8: {result['keep_int8']}")
-    if args.json:
-        with args.json.open("a") as out:
-            out.write(json.dumps({"bench": "quantize", **result}) + "\n")
+    append_json(args.json, {"bench": "quantize", **result})
 
 
 if __name__ == "__main__":
