@@ -34,6 +34,9 @@ def get_store(request: Request) -> AuditStore:
 
 
 Store = Annotated[AuditStore, Depends(get_store)]
+# Row ids are signed 64-bit in SQLite and PostgreSQL: a larger number is a 422, not a 500.
+INT64 = {"ge": -(2**63), "le": 2**63 - 1}
+DecisionId = Annotated[int, Path(**INT64)]
 
 
 class ReviewIn(BaseModel):
@@ -52,7 +55,8 @@ def list_decisions(
     store: Store,
     where: Annotated[queries.DecisionFilter, Query()],
     limit: Annotated[int, Query(ge=1, le=queries.MAX_PAGE)] = 50,
-    cursor: Annotated[int | None, Query(description="next_cursor of the previous page")] = None,
+    cursor: Annotated[int | None, Query(description="next_cursor of the previous page",
+                                        **INT64)] = None,
     format: Annotated[Literal["json", "csv", "jsonl"], Query(
         description="csv / jsonl: every matching decision, streamed (limit and cursor ignored)",
     )] = "json",
@@ -68,7 +72,7 @@ def list_decisions(
 
 
 @router.get("/decisions/{decision_id}")
-def get_decision(store: Store, decision_id: int) -> dict[str, Any]:
+def get_decision(store: Store, decision_id: DecisionId) -> dict[str, Any]:
     """One decision, its latest review and every earlier review."""
     item = queries.get(store.engine, decision_id)
     if item is None:
@@ -77,7 +81,7 @@ def get_decision(store: Store, decision_id: int) -> dict[str, Any]:
 
 
 @router.post("/decisions/{decision_id}/review", status_code=status.HTTP_201_CREATED)
-def review_decision(store: Store, decision_id: int, review: ReviewIn) -> dict[str, Any]:
+def review_decision(store: Store, decision_id: DecisionId, review: ReviewIn) -> dict[str, Any]:
     """Confirm or relabel a decision; stored as a new review, the decision stays as it was."""
     try:
         return reviews.add_review(store.engine, decision_id, review.reviewer, review.verdict,

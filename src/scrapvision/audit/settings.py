@@ -65,7 +65,7 @@ class AuditSettings(BaseModel):
     rollup_max_age_days: float = Field(
         400, gt=0, description="per-minute tallies are kept this long"
     )
-    prune_interval_s: float = Field(3600, gt=0, description="how often the writer prunes")
+    prune_interval_s: float = Field(3600, gt=0, description="how often retention runs")
     shift_starts: list[str] = Field(
         default_factory=lambda: ["06:00", "14:00", "22:00"],
         description="local start times of the shifts, HH:MM",
