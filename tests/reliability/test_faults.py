@@ -1,0 +1,228 @@
+"""Faults while frames stream: the audit database goes away, a bad model is offered.
+
+Database away (SQLite file locked by another connection; a private PostgreSQL stopped):
+decisions keep flowing, records wait in a bounded buffer and are written when the
+database returns; whatever did not fit is counted in `/v1/audit/stats`, never silent.
+
+Bad model (corrupt file, wrong input shape, wrong class count): `POST /v1/models/{name}/load`
+refuses it with 422 and says why, and the old version keeps serving; the same when another
+worker promotes it in the registry behind the service's back.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import sqlite3
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from glob import glob
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, text
+from tinymodel import build_tiny_model, colour_frame
+
+from scrapvision.registry import ModelRegistry
+
+BUFFER = 30  # audit max_buffered in these tests
+WAIT_S = 60.0  # generous: a loaded CI box must not fail a test that only waits
+
+
+def wait_for(condition: Callable[[], Any], what: str) -> Any:
+    """Poll until `condition()` is truthy; fail after WAIT_S saying what never happened."""
+    give_up = time.monotonic() + WAIT_S
+    while not (result := condition()):
+        if time.monotonic() > give_up:
+            pytest.fail(f"gave up waiting for: {what}")
+        time.sleep(0.05)
+    return result
+
+
+def post_frames(client: TestClient, prefix: str, count: int) -> None:
+    """Send `count` red frames; every one must get its decision while the store is away."""
+    for number in range(count):
+        response = client.post("/v1/lines/tiny/frames", content=colour_frame("red"),
+                               headers={"Content-Type": "image/jpeg",
+                                        "X-Frame-Id": f"{prefix}-{number}"})
+        assert response.status_code == 200, response.text
+        assert response.json()["class_name"] == "red"
+
+
+def audit_stats(client: TestClient) -> dict[str, Any]:
+    return client.get("/v1/audit/stats").json()
+
+
+def stored_frame_ids(url: str) -> list[str]:
+    engine = create_engine(url)
+    try:
+        with engine.connect() as connection:
+            return list(connection.scalars(text("SELECT frame_id FROM audit_decisions")))
+    finally:
+        engine.dispose()
+
+
+def check_outage_is_bounded_and_counted(client: TestClient, url: str,
+                                        make_unavailable: Callable[[], None],
+                                        make_available: Callable[[], None]) -> None:
+    """5 frames stored; outage: 40 frames decided, 30 buffered, 10 counted as dropped;
+    back: the 30 written, in the database with the first 5."""
+    post_frames(client, "before", 5)
+    wait_for(lambda: audit_stats(client)["written"] == 5, "the first 5 records written")
+    make_unavailable()
+    post_frames(client, "during", BUFFER + 10)
+    stats = audit_stats(client)
+    assert stats["buffered"] == BUFFER and stats["dropped_full"] == 10
+    wait_for(lambda: audit_stats(client)["write_errors"] > 0, "the writer to notice the outage")
+    make_available()
+    stats = wait_for(lambda: (s := audit_stats(client))["buffered"] == 0 and s,
+                     "the buffer to drain once the database is back")
+    assert stats["written"] == 5 + BUFFER and stats["dropped_full"] == 10
+    assert stats["rejected"] == 0 and stats["lost_at_close"] == 0
+    expected = {f"before-{n}" for n in range(5)} | {f"during-{n}" for n in range(BUFFER)}
+    assert sorted(stored_frame_ids(url)) == sorted(expected)
+    post_frames(client, "after", 3)
+    wait_for(lambda: audit_stats(client)["written"] == 5 + BUFFER + 3, "writes to go on")
+
+
+def test_sqlite_locked_by_another_connection(make_client, tmp_path: Path) -> None:
+    client = make_client(audit={"max_buffered": BUFFER, "retry_max_s": 0.2})
+    database = tmp_path / "audit.db"
+    holder = sqlite3.connect(database, isolation_level=None, check_same_thread=False)
+
+    def lock() -> None:
+        holder.execute("BEGIN EXCLUSIVE")  # no other connection may write until commit
+
+    def unlock() -> None:
+        holder.execute("COMMIT")
+
+    try:
+        check_outage_is_bounded_and_counted(client, f"sqlite:///{database}", lock, unlock)
+    finally:
+        holder.close()
+    with sqlite3.connect(database) as check:
+        assert check.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class PrivatePostgres:
+    """A throw-away PostgreSQL cluster on a free port, run as the `postgres` user when we
+    are root (initdb refuses root). Never touches the shared server on 5432."""
+
+    def __init__(self, bin_dir: Path) -> None:
+        self.bin_dir = bin_dir
+        self.root = Path(tempfile.mkdtemp(prefix="scrapvision-pg-"))
+        self.data = self.root / "data"
+        self.port = _free_port()
+        self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+        self._as_user: list[str] = []
+        if os.geteuid() == 0:
+            shutil.chown(self.root, "postgres")
+            self._as_user = ["runuser", "-u", "postgres", "--"]
+
+    def _run(self, tool: str, *args: str) -> None:
+        subprocess.run([*self._as_user, str(self.bin_dir / tool), *args], check=True,
+                       capture_output=True, timeout=WAIT_S)
+
+    def init(self) -> None:
+        self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres",
+                  "--no-sync", "--no-instructions")
+
+    def start(self) -> None:
+        options = (f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 "
+                   "-c fsync=off -c full_page_writes=off")
+        self._run("pg_ctl", "-D", str(self.data), "-o", options, "-l",
+                  str(self.root / "log"), "-w", "start")
+
+    def stop(self) -> None:
+        self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+    def remove(self) -> None:
+        if (self.data / "postmaster.pid").exists():
+            self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@pytest.fixture
+def private_postgres() -> Iterator[PrivatePostgres]:
+    found = sorted(glob("/usr/lib/postgresql/*/bin/initdb"))
+    if not found:
+        pytest.skip("no PostgreSQL server binaries (initdb) under /usr/lib/postgresql/*/bin")
+    if os.geteuid() == 0 and shutil.which("runuser") is None:
+        pytest.skip("running as root without runuser: initdb refuses to run as root")
+    server = PrivatePostgres(Path(found[-1]).parent)
+    try:
+        server.init()
+        server.start()
+        yield server
+    finally:
+        server.remove()
+
+
+def test_postgresql_stopped_and_started_again(make_client,
+                                              private_postgres: PrivatePostgres) -> None:
+    client = make_client(audit={"url": private_postgres.url, "max_buffered": BUFFER,
+                                "retry_max_s": 0.2})
+    check_outage_is_bounded_and_counted(client, private_postgres.url,
+                                        private_postgres.stop, private_postgres.start)
+
+
+@pytest.fixture
+def bad_versions(models_dir: Path, tmp_path: Path) -> dict[str, str]:
+    """Unusable versions of 'tiny' in the registry: what is wrong with each."""
+    registry = ModelRegistry(models_dir)
+    corrupt = tmp_path / "corrupt.onnx"
+    corrupt.write_bytes(b"\x08\x07not a model" * 100)
+    truncated = tmp_path / "truncated.onnx"
+    good = build_tiny_model(tmp_path / "good.onnx").read_bytes()
+    truncated.write_bytes(good[: len(good) // 2])
+    wrong_shape = build_tiny_model(tmp_path / "shape.onnx", size=(16, 16),
+                                   input_size_meta=(32, 32))
+    return {registry.add("tiny", corrupt): "cannot load",
+            registry.add("tiny", truncated): "cannot load",
+            registry.add("tiny", wrong_shape): "input shape"}
+
+
+def served_version(client: TestClient) -> str:
+    return client.get("/v1/models").json()[0]["version"]
+
+
+def decided_by(client: TestClient) -> str:
+    response = client.post("/v1/lines/tiny/frames", content=colour_frame("blue"),
+                           headers={"Content-Type": "image/jpeg"})
+    assert response.status_code == 200 and response.json()["class_name"] == "blue"
+    return response.json()["model_version"]
+
+
+def test_bad_model_is_refused_at_load_and_the_old_one_keeps_serving(
+        make_client, bad_versions: dict[str, str]) -> None:
+    client = make_client()
+    for version, reason in bad_versions.items():
+        response = client.post("/v1/models/tiny/load", json={"version": version})
+        assert response.status_code == 422
+        assert "previous version keeps serving" in response.json()["detail"]
+        assert reason in response.json()["detail"]
+        assert served_version(client) == "v1" and decided_by(client) == "v1"
+        assert client.get("/v1/models").json()[0]["active"] == "v1"  # not promoted
+
+
+def test_bad_model_promoted_behind_the_services_back_is_refused_by_the_watcher(
+        make_client, models_dir: Path, bad_versions: dict[str, str]) -> None:
+    client = make_client()
+    bad = next(iter(bad_versions))
+    ModelRegistry(models_dir).promote("tiny", bad)  # e.g. `scrapvision models promote`
+    model = wait_for(lambda: (m := client.get("/v1/models").json()[0])["error"] and m,
+                     "the watcher to try the promoted version")
+    assert model["version"] == "v1" and bad in model["error"]
+    assert decided_by(client) == "v1"
+    assert client.get("/readyz").status_code == 200
