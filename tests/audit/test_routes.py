@@ -86,6 +86,7 @@ def test_list_is_newest_first_with_every_field(client, seeded):
     ({"since": datetime.fromtimestamp(T0 + 120, UTC).isoformat(),
       "until": datetime.fromtimestamp(T0 + 240, UTC).isoformat()}, ["b1", "r3"]),
     ({"since": T0 + 420}, ["x2", "x1"]),
+    ({"since": "2026-11-22T06:07:00"}, ["x2", "x1"]),  # naive: UTC
     ({"has_frame": False}, ["l1"]),
     ({"frame_reason": "low_margin"}, ["g1", "r2"]),
 ])
@@ -118,6 +119,8 @@ def test_keyset_pages_cover_everything_once(client, seeded):
     {"min_confidence": 0.9, "max_confidence": 0.5}, {"action": "explode"},
     {"limit": 0}, {"limit": 10_000}, {"since": "yesterday"}, {"format": "xml"},
     {"since": T0 + 60, "until": T0},
+    {"line": "a\x00b"}, {"class_name": "x" * 200}, {"since": "0001-01-01T00:00:00+05:00"},
+    {"cursor": 2**70},
 ])
 def test_bad_filters_are_422(client, seeded, params):
     assert client.get("/v1/audit/decisions", params=params).status_code == 422
@@ -165,6 +168,7 @@ def test_review_never_overwrites_the_decision(client, seeded):
     ("r1", "relabel", "../../etc", 422),
     ("r1", "relabel", ".hidden", 422),
     ("r1", "approve", None, 422),
+    ("r1", "relabel", "bl\x00ue", 422),
     ("l1", "confirm", None, 422),  # late: no class to confirm
     ("l1", "relabel", "green", 201),
 ])
@@ -178,6 +182,8 @@ def test_review_of_unknown_decision_is_404(client, seeded):
     assert client.get("/v1/audit/decisions/999999").status_code == 404
     assert client.post(f"/v1/audit/decisions/{seeded['r1']}/review",
                        json={"verdict": "confirm"}).status_code == 422  # reviewer missing
+    assert review(client, seeded["r1"], "confirm", reviewer="an\x00na").status_code == 422
+    assert client.get("/v1/audit/throughput", params={"line": "\x00"}).status_code == 422
 
 
 def test_frames_are_served_by_hash_only(client, seeded, store):

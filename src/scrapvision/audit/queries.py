@@ -13,10 +13,10 @@ import io
 import json
 from collections import defaultdict
 from collections.abc import Iterator
-from datetime import datetime
-from typing import Any, Literal
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import AfterValidator, BaseModel, Field, StringConstraints, model_validator
 from sqlalchemy import Engine, Select, func, select
 
 from scrapvision.audit.frames import FrameReason
@@ -34,23 +34,39 @@ DECISION_COLUMNS = [column.name for column in decisions.columns]
 REVIEW_COLUMNS = ["review_verdict", "review_label", "reviewer", "reviewed_at"]
 
 
+def _utc_within_reason(moment: datetime) -> datetime:
+    """Naive times are UTC; years outside 1970..2199 are refused (no overflow downstream)."""
+    moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    if not EPOCH <= moment < FAR_FUTURE:
+        raise ValueError("time must lie between 1970 and 2199")
+    return moment
+
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+FAR_FUTURE = datetime(2200, 1, 1, tzinfo=UTC)
+Moment = Annotated[datetime, AfterValidator(_utc_within_reason)]
+# Names as the service writes them: printable, bounded (PostgreSQL refuses NUL characters).
+Name = Annotated[str, StringConstraints(min_length=1, max_length=128,
+                                        pattern=r"^[^\x00-\x1f\x7f]+$")]
+
+
 class DecisionFilter(BaseModel):
     """What the QA page and exports can filter on; every field is optional."""
 
-    line: str | None = None
-    since: datetime | None = Field(None, description="decisions at or after (ISO 8601 or unix s)")
-    until: datetime | None = Field(None, description="decisions before (ISO 8601 or unix s)")
-    class_name: str | None = None
+    line: Name | None = None
+    since: Moment | None = Field(None, description="decisions at or after (ISO 8601 or unix s)")
+    until: Moment | None = Field(None, description="decisions before (ISO 8601 or unix s)")
+    class_name: Name | None = None
     action: Literal["eject", "pass", "recirculate", "late", "overload"] | None = None
-    bin: str | None = None
+    bin: Name | None = None
     min_confidence: float | None = Field(None, ge=0, le=1)
     max_confidence: float | None = Field(None, ge=0, le=1)
-    model_name: str | None = None
-    model_version: str | None = None
+    model_name: Name | None = None
+    model_version: Name | None = None
     reviewed: bool | None = None
     has_frame: bool | None = None
     frame_reason: FrameReason | None = Field(None, description="why the frame was kept")
-    label: str | None = Field(None, description="label given by the latest review")
+    label: Name | None = Field(None, description="label given by the latest review")
 
     @model_validator(mode="after")
     def _ranges(self) -> DecisionFilter:

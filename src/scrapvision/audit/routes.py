@@ -42,7 +42,7 @@ DecisionId = Annotated[int, Path(**INT64)]
 class ReviewIn(BaseModel):
     """A QA verdict on one decision."""
 
-    reviewer: str = Field(min_length=1, max_length=64, examples=["anna"])
+    reviewer: Annotated[queries.Name, Field(max_length=64, examples=["anna"])]
     verdict: reviews.Verdict
     label: str | None = Field(
         None, pattern=reviews.LABEL_PATTERN,
@@ -104,8 +104,8 @@ def get_frame(store: Store,
 
 
 @router.get("/purity")
-def get_purity(store: Store, line: str | None = None, since: datetime | None = None,
-               until: datetime | None = None,
+def get_purity(store: Store, line: queries.Name | None = None,
+               since: queries.Moment | None = None, until: queries.Moment | None = None,
                frame_reason: FrameReason | None = None) -> dict[str, Any]:
     """Audited accuracy per line and shift, estimated purity per bin: share, n, Wilson 95% CI.
 
@@ -118,9 +118,9 @@ def get_purity(store: Store, line: str | None = None, since: datetime | None = N
 @router.get("/throughput")
 def get_throughput(
     store: Store,
-    line: str,
-    since: datetime | None = Query(None, description="default: 8 hours before until"),
-    until: datetime | None = Query(None, description="default: now"),
+    line: queries.Name,
+    since: Annotated[queries.Moment | None, Query(description="default: 8 h before until")] = None,
+    until: Annotated[queries.Moment | None, Query(description="default: now")] = None,
     bucket_s: int = Query(300, ge=60, le=86_400, multiple_of=60),
 ) -> dict[str, Any]:
     """Decisions per time bucket and action on one line, for charts."""
