@@ -34,6 +34,10 @@ DECISION_COLUMNS = [column.name for column in decisions.columns]
 REVIEW_COLUMNS = ["review_verdict", "review_label", "reviewer", "reviewed_at"]
 
 
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+FAR_FUTURE = datetime(2200, 1, 1, tzinfo=UTC)
+
+
 def _utc_within_reason(moment: datetime) -> datetime:
     """Naive times are UTC; years outside 1970..2199 are refused (no overflow downstream)."""
     moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
@@ -42,8 +46,6 @@ def _utc_within_reason(moment: datetime) -> datetime:
     return moment
 
 
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-FAR_FUTURE = datetime(2200, 1, 1, tzinfo=UTC)
 Moment = Annotated[datetime, AfterValidator(_utc_within_reason)]
 # Names as the service writes them: printable, bounded (PostgreSQL refuses NUL characters).
 Name = Annotated[str, StringConstraints(min_length=1, max_length=128,
@@ -78,7 +80,7 @@ class DecisionFilter(BaseModel):
         return self
 
 
-def _base(columns: list) -> Select:
+def with_latest_review(columns: list) -> Select:
     """SELECT `columns` FROM decisions, each joined with its latest review (if any)."""
     return (select(*columns)
             .select_from(decisions
@@ -132,7 +134,7 @@ def _item(row: Any) -> dict[str, Any]:
 def _items(engine: Engine, where: DecisionFilter, limit: int,
            cursor: int | None) -> tuple[list[dict[str, Any]], int | None]:
     """Up to `limit` decisions older than `cursor` (newest first) and the next cursor."""
-    query = (apply_filter(_base(_ROW_COLUMNS), where)
+    query = (apply_filter(with_latest_review(_ROW_COLUMNS), where)
              .order_by(decisions.c.id.desc()).limit(limit + 1))
     if cursor is not None:
         query = query.where(decisions.c.id < cursor)
@@ -151,7 +153,8 @@ def page(engine: Engine, where: DecisionFilter, limit: int = 50,
     # Counting needs the review join only when a review filter is set; without it the
     # count is answered from the decisions table and its indexes alone.
     by_review = where.reviewed is not None or where.label is not None
-    count = _base([func.count()]) if by_review else select(func.count()).select_from(decisions)
+    count = (with_latest_review([func.count()]) if by_review
+             else select(func.count()).select_from(decisions))
     with engine.connect() as connection:
         total = connection.scalar(apply_filter(count, where))
     return {"items": items, "total": total, "next_cursor": next_cursor}
@@ -160,7 +163,8 @@ def page(engine: Engine, where: DecisionFilter, limit: int = 50,
 def get(engine: Engine, decision_id: int) -> dict[str, Any] | None:
     """One decision with its latest review, or None."""
     with engine.connect() as connection:
-        row = connection.execute(_base(_ROW_COLUMNS).where(decisions.c.id == decision_id)).first()
+        row = connection.execute(with_latest_review(_ROW_COLUMNS)
+                                 .where(decisions.c.id == decision_id)).first()
     return None if row is None else _item(row)
 
 

@@ -24,7 +24,7 @@ from scrapvision.audit.queries import (
     DecisionFilter,
     apply_filter,
     latest_review,
-    latest_review_ids,
+    with_latest_review,
 )
 from scrapvision.audit.settings import AuditSettings
 from scrapvision.audit.tables import decisions, reviews, tally_minutes
@@ -121,13 +121,9 @@ def purity(engine: Engine, settings: AuditSettings, line: str | None = None,
     """
     where = DecisionFilter(line=line, since=since, until=until, reviewed=True,
                            frame_reason=frame_reason)
-    query = apply_filter(select(decisions.c.line, decisions.c.time, decisions.c.action,
-                          decisions.c.class_name, decisions.c.bin, latest_review.c.label)
-                   .select_from(decisions
-                                .join(latest_review_ids,
-                                      latest_review_ids.c.decision_id == decisions.c.id)
-                                .join(latest_review, latest_review.c.id == latest_review_ids.c.review_id)),
-                   where)
+    query = apply_filter(with_latest_review([
+        decisions.c.line, decisions.c.time, decisions.c.action, decisions.c.class_name,
+        decisions.c.bin, latest_review.c.label]), where)
     bin_classes = _bin_classes(engine, line)
     accuracy: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
     bins: dict[tuple[str, str, str], list[int]] = defaultdict(lambda: [0, 0])
