@@ -22,6 +22,9 @@ import simplejpeg
 
 MAX_PIXELS = 40_000_000  # 40 MP: far above any line camera, far below a bomb
 MAX_SIDE = 16_384
+# Each scan of a progressive JPEG is one more pass over the whole image, so a small file
+# with thousands of scans costs seconds of CPU; encoders write about 10.
+MAX_JPEG_SCANS = 100
 COLOUR_ORDERS = ("BGR", "RGB")
 
 _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
@@ -108,6 +111,10 @@ def reduction_flag(width: int, height: int, target: tuple[int, int]) -> int:
 def _decode_jpeg(data: bytes, width: int, height: int, factor: int) -> np.ndarray:
     """BGR pixels at exactly 1/`factor` scale (as cv2's IMREAD_REDUCED_*); DecodeError on
     any libjpeg warning. Bytes after the end-of-image marker are ignored, as libjpeg does."""
+    scans = data.count(b"\xff\xda")  # SOS markers: entropy-coded data never holds 0xFFDA
+    if scans > MAX_JPEG_SCANS:
+        raise DecodeError(f"JPEG has {scans} scans, more than the limit of {MAX_JPEG_SCANS}",
+                          status=413)
     try:
         return simplejpeg.decode_jpeg(
             data, "BGR", min_factor=factor, strict=True,
