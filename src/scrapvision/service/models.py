@@ -1,0 +1,194 @@
+"""Loaded models, zero-downtime swaps, and keeping every worker process on the same version.
+
+A `ModelSlot` holds the `LoadedModel` currently serving one model name. A frame takes a
+reference to it when its inference starts, so swapping the reference lets requests in
+flight finish on the old session (which is freed once the last of them drops it) while new
+ones use the new one: no lock, no request fails.
+
+The registry's `active.json` is the single source of truth across worker processes: an
+admin load/rollback in one worker writes it (after the new version loaded and fitted every
+line that uses it), and every worker polls it (`ModelManager.watch`) and swaps to what it
+names. A version that fails to load is refused with a clear error and remembered, so the
+old model keeps serving and the failure is not retried every poll.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+
+from scrapvision.engine import Engine, ModelLoadError
+from scrapvision.modelmeta import ModelInfo
+from scrapvision.policy import SortPolicy
+from scrapvision.registry import ModelRegistry, RegistryError
+from scrapvision.service import metrics
+from scrapvision.settings import LineSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class LoadedModel:
+    """One model version ready to serve: its session, card, and each line's policy."""
+
+    version: str
+    engine: Engine
+    card: dict[str, Any] | None
+    policies: dict[str, SortPolicy]
+    loaded_at: float = field(default_factory=time.time)
+
+    @property
+    def info(self) -> ModelInfo:
+        return self.engine.info
+
+
+@dataclass(slots=True)
+class ModelSlot:
+    """The serving state of one model name; `executor` runs its inference (one per model)."""
+
+    name: str
+    lines: dict[str, LineSettings]
+    executor: ThreadPoolExecutor
+    current: LoadedModel | None = None
+    error: str | None = None  # why the last load failed, shown in /v1/models and /readyz
+    refused_version: str | None = None
+
+
+class ModelManager:
+    def __init__(self, registry: ModelRegistry, lines: dict[str, LineSettings],
+                 ort_threads: int = 1, inference_threads: int = 1) -> None:
+        self.registry = registry
+        self.ort_threads = ort_threads
+        self.slots: dict[str, ModelSlot] = {}
+        for line_name, line in lines.items():
+            slot = self.slots.get(line.model)
+            if slot is None:
+                slot = self.slots[line.model] = ModelSlot(
+                    line.model, {}, ThreadPoolExecutor(
+                        inference_threads, thread_name_prefix=f"infer-{line.model}"),
+                )
+            slot.lines[line_name] = line
+        self._swap_lock = asyncio.Lock()
+
+    def slot(self, name: str) -> ModelSlot:
+        try:
+            return self.slots[name]
+        except KeyError:
+            raise RegistryError(f"no line serves a model named '{name}'") from None
+
+    def _build(self, slot: ModelSlot, version: str) -> LoadedModel:
+        """Load and check `version` for every line of the slot (blocking: run in a thread)."""
+        engine = Engine(self.registry.model_path(slot.name, version), self.ort_threads)
+        card = self.registry.card(slot.name, version)
+        try:
+            policies = {line_name: SortPolicy(line, engine.info.class_names, card)
+                        for line_name, line in slot.lines.items()}
+        except ValueError as exc:
+            raise ModelLoadError(f"{slot.name} {version}: {exc}") from exc
+        return LoadedModel(version, engine, card, policies)
+
+    def _install(self, slot: ModelSlot, loaded: LoadedModel) -> None:
+        old = slot.current
+        slot.current, slot.error, slot.refused_version = loaded, None, None
+        if old is not None:
+            metrics.MODEL_INFO.labels(slot.name, old.version).set(0)
+        metrics.MODEL_INFO.labels(slot.name, loaded.version).set(1)
+        log.info("serving model", extra={"model": slot.name, "version": loaded.version,
+                                         "replaced": old.version if old else None})
+
+    def load_all(self) -> None:
+        """Startup: load each model's active version; a failure leaves that line not ready."""
+        for slot in self.slots.values():
+            try:
+                self._install(slot, self._build(slot, self.registry.active(slot.name)))
+            except (ModelLoadError, RegistryError) as exc:
+                slot.error = str(exc)
+                log.error("model not loaded", extra={"model": slot.name, "error": str(exc)})
+
+    async def load(self, name: str, version: str | None = None) -> LoadedModel:
+        """Load `version` (default: the registry's active one), make it active, swap it in.
+
+        Raises RegistryError (unknown model/version) or ModelLoadError (unusable file);
+        either way the current model keeps serving.
+        """
+        slot = self.slot(name)
+        async with self._swap_lock:
+            version = version or self.registry.active(name)
+            loaded = await run_in_threadpool(self._build, slot, version)
+            if self.registry.active(name) != version:
+                self.registry.promote(name, version)
+            self._install(slot, loaded)
+            return loaded
+
+    async def rollback(self, name: str) -> LoadedModel:
+        """Serve the previously promoted version again (loaded before the registry changes)."""
+        slot = self.slot(name)
+        async with self._swap_lock:
+            history = self.registry.history(name)
+            if len(history) < 2:
+                raise RegistryError(f"model '{name}' has no earlier promoted version")
+            loaded = await run_in_threadpool(self._build, slot, history[-2])
+            self.registry.rollback(name)
+            self._install(slot, loaded)
+            return loaded
+
+    async def sync_with_registry(self) -> None:
+        """Swap to whatever `active.json` names now (another worker may have changed it)."""
+        for slot in self.slots.values():
+            try:
+                active = self.registry.active(slot.name)
+            except (RegistryError, ValueError) as exc:  # ValueError: active.json mid-edit
+                log.debug("registry not readable", extra={"model": slot.name, "error": str(exc)})
+                continue
+            serving = slot.current.version if slot.current else None
+            if active in (serving, slot.refused_version):
+                continue
+            async with self._swap_lock:
+                try:
+                    self._install(slot, await run_in_threadpool(self._build, slot, active))
+                except (ModelLoadError, RegistryError) as exc:
+                    slot.error, slot.refused_version = str(exc), active
+                    log.error("refused promoted model; previous one keeps serving",
+                              extra={"model": slot.name, "version": active, "error": str(exc)})
+
+    async def watch(self, interval_s: float) -> None:
+        """Poll the registry forever (a background task of each worker)."""
+        while True:
+            await asyncio.sleep(interval_s)
+            await self.sync_with_registry()
+
+    def close(self) -> None:
+        for slot in self.slots.values():
+            slot.executor.shutdown(wait=True, cancel_futures=True)
+
+    def describe(self) -> list[dict[str, Any]]:
+        """`GET /v1/models`: what each worker serves, with the model card."""
+        out = []
+        for slot in self.slots.values():
+            loaded = slot.current
+            out.append({
+                "name": slot.name,
+                "lines": sorted(slot.lines),
+                "version": loaded.version if loaded else None,
+                "active": _safe(self.registry.active, slot.name),
+                "versions": self.registry.versions(slot.name),
+                "history": self.registry.history(slot.name),
+                "loaded_at": loaded.loaded_at if loaded else None,
+                "info": loaded.info.model_dump() if loaded else None,
+                "card": loaded.card if loaded else None,
+                "error": slot.error,
+            })
+        return out
+
+
+def _safe(func: Any, *args: Any) -> Any:
+    try:
+        return func(*args)
+    except (RegistryError, ValueError):
+        return None

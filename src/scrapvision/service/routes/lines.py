@@ -1,0 +1,137 @@
+"""Lines and their frames: `GET /v1/lines`, `POST /v1/lines/{line}/frames` and `/batch`."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response
+
+from scrapvision.decode import DecodeError
+from scrapvision.records import DecisionRecord
+from scrapvision.service import metrics
+from scrapvision.service.auth import require_role
+from scrapvision.service.deps import get_line
+from scrapvision.service.framing import (
+    BATCH_MEDIA_TYPE,
+    FRAME_MEDIA_TYPES,
+    BeltPosition,
+    Identifier,
+    UnixTime,
+    check_media_type,
+    new_frame_id,
+    read_body,
+    split_batch,
+)
+from scrapvision.service.lines import FrameMeta, Line
+
+router = APIRouter(prefix="/v1/lines", tags=["lines"])
+
+RETRY_AFTER = {"Retry-After": "1"}
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+_FRAME_BODY = {"requestBody": {"required": True, "content": {
+    "image/jpeg": _BINARY, "image/png": _BINARY, "application/octet-stream": _BINARY}}}
+_BATCH_BODY = {"requestBody": {"required": True, "content": {BATCH_MEDIA_TYPE: _BINARY}}}
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    404: {"description": "unknown line"},
+    413: {"description": "body or image too large (pixel bomb)"},
+    415: {"description": "not a JPEG/PNG, or a content type we do not take"},
+    422: {"description": "bad frame metadata"},
+    503: {"description": "line saturated or model not loaded; retry after Retry-After"},
+}
+
+
+def frame_meta(
+    x_frame_id: Annotated[Identifier | None, Header()] = None,
+    x_capture_time: Annotated[UnixTime | None, Header()] = None,
+    x_belt_position: Annotated[BeltPosition | None, Header()] = None,
+    x_item_id: Annotated[Identifier | None, Header()] = None,
+    frame_id: Annotated[Identifier | None, Query()] = None,
+    capture_time: Annotated[UnixTime | None, Query()] = None,
+    belt_position: Annotated[BeltPosition | None, Query()] = None,
+    item_id: Annotated[Identifier | None, Query()] = None,
+) -> FrameMeta:
+    """Frame metadata from `X-...` headers, or the same names as query parameters."""
+    return FrameMeta(
+        frame_id=x_frame_id or frame_id or new_frame_id(),
+        capture_time=x_capture_time if x_capture_time is not None else capture_time,
+        belt_position=x_belt_position if x_belt_position is not None else belt_position,
+        item_id=x_item_id or item_id,
+    )
+
+
+def json_response(content: Any, status_code: int = 200,
+                  headers: dict[str, str] | None = None) -> Response:
+    """Plain `json.dumps`: the records are already JSON-ready, skip response-model checks."""
+    return Response(json.dumps(content, separators=(",", ":")), status_code,
+                    headers=headers, media_type="application/json")
+
+
+@router.get("", dependencies=[Depends(require_role("qa"))])
+async def list_lines(request: Request) -> list[dict[str, Any]]:
+    """Configured lines: model and version, deadline, per-class threshold and bin."""
+    return [line.describe() for line in request.app.state.lines.values()]
+
+
+@router.post(
+    "/{line}/frames",
+    dependencies=[Depends(require_role("frames"))],
+    openapi_extra=_FRAME_BODY,
+    responses={200: {"model": DecisionRecord, "description": "the decision (or 'late')"},
+               **_ERRORS},
+)
+async def post_frame(
+    request: Request,
+    line: Annotated[Line, Depends(get_line)],
+    meta: Annotated[FrameMeta, Depends(frame_meta)],
+) -> Response:
+    """Decide one frame: the body is the JPEG/PNG bytes, metadata in headers or query.
+
+    A frame whose fire time (capture time + line deadline) passed before inference could
+    start comes back with `action: "late"` and is not processed. When the line's queue is
+    full the answer is 503 with Retry-After and the refused frame's record.
+    """
+    received = time.time()
+    check_media_type(request, FRAME_MEDIA_TYPES)
+    frame = await read_body(request, request.app.state.settings.max_frame_bytes)
+    try:
+        record = await line.decide(frame, meta, received)
+    except DecodeError as exc:
+        metrics.REJECTED.labels(line.name, str(exc.status)).inc()
+        raise
+    if record.action == "overload":
+        return json_response(record.to_dict(), 503, RETRY_AFTER)
+    return json_response(record.to_dict())
+
+
+@router.post(
+    "/{line}/batch",
+    dependencies=[Depends(require_role("frames"))],
+    openapi_extra=_BATCH_BODY,
+    responses={200: {"description": "one decision or error per frame, in order"}, **_ERRORS},
+)
+async def post_batch(
+    request: Request, line: Annotated[Line, Depends(get_line)]
+) -> Response:
+    """Decide several frames sent in one body (format: `application/x-scrapvision-batch`,
+    see the README): the answer lists, in order, one decision or `{frame_id, status,
+    error}` per frame, so one bad frame does not fail the others."""
+    received = time.time()
+    check_media_type(request, frozenset({BATCH_MEDIA_TYPE}))
+    settings = request.app.state.settings
+    body = await read_body(request, settings.max_frame_bytes * settings.max_batch_frames)
+    frames = split_batch(body, settings.max_batch_frames)
+    metrics.BATCH_FRAMES.labels(line.name).observe(len(frames))
+    results = [await decide_or_error(line, frame, meta, received) for meta, frame in frames]
+    return json_response({"decisions": results})
+
+
+async def decide_or_error(line: Line, frame: bytes, meta: FrameMeta,
+                          received: float) -> dict[str, Any]:
+    """One frame of a batch or stream: its record, or an error entry in its place."""
+    try:
+        return (await line.decide(frame, meta, received)).to_dict()
+    except DecodeError as exc:
+        metrics.REJECTED.labels(line.name, str(exc.status)).inc()
+        return {"frame_id": meta.frame_id, "status": exc.status, "error": str(exc)}

@@ -1,0 +1,156 @@
+"""POST /v1/lines/{line}/frames: decisions, deadlines, backpressure and bad input."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import cv2
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from tinymodel import colour_frame
+
+from scrapvision.settings import LineSettings
+from tests.service.conftest import RecordingAudit, frame_headers, wait_until
+
+
+def test_red_frame_is_ejected_to_the_red_bin(client: TestClient, audit: RecordingAudit) -> None:
+    captured = time.time()
+    response = client.post("/v1/lines/tiny/frames", content=colour_frame("red"),
+                           headers=frame_headers("f-1", captured, **{"X-Belt-Position": "12.5",
+                                                                     "X-Item-Id": "item-7"}))
+    assert response.status_code == 200, response.text
+    decision = response.json()
+    assert decision["frame_id"] == "f-1"
+    assert decision["class_name"] == "red"
+    assert decision["action"] == "eject"
+    assert decision["bin"] == "red"
+    assert decision["confidence"] > 0.99
+    assert decision["model_name"] == "tiny" and decision["model_version"] == "v1"
+    assert decision["fire_time"] == pytest.approx(captured + 60.0)
+    assert decision["in_time"] is True
+    assert decision["belt_position"] == 12.5 and decision["item_id"] == "item-7"
+    assert [name for name, _ in decision["top_k"]][0] == "red"
+    assert len(decision["top_k"]) == 3
+    assert decision["latency_ms"] >= 0
+    assert audit.records[-1].frame_id == "f-1" and audit.frames[-1] == colour_frame("red")
+
+
+def test_metadata_may_come_as_query_parameters(client: TestClient) -> None:
+    captured = time.time()
+    response = client.post(
+        "/v1/lines/tiny/frames",
+        params={"frame_id": "q-1", "capture_time": captured, "item_id": "i-1"},
+        content=colour_frame("green", fmt=".png"), headers={"Content-Type": "image/png"})
+    assert response.status_code == 200, response.text
+    decision = response.json()
+    assert (decision["frame_id"], decision["class_name"], decision["item_id"]) == (
+        "q-1", "green", "i-1")
+    assert decision["capture_time"] == pytest.approx(captured)
+
+
+def test_frame_without_metadata_gets_an_id_and_arrival_time(client: TestClient) -> None:
+    before = time.time()
+    response = client.post("/v1/lines/tiny/frames", content=colour_frame("blue"))
+    decision = response.json()
+    assert response.status_code == 200 and decision["frame_id"]
+    assert decision["capture_time"] is None
+    assert decision["fire_time"] >= before + 60.0
+
+
+def test_unsure_frame_is_recirculated(client: TestClient) -> None:
+    response = client.post("/v1/lines/tiny/frames", content=colour_frame("grey"),
+                           headers=frame_headers())
+    decision = response.json()
+    assert decision["action"] == "recirculate"
+    assert decision["bin"] == "recirculate"
+    assert decision["confidence"] < 0.5
+
+
+def test_frame_past_its_fire_time_is_dropped_as_late(client: TestClient,
+                                                     audit: RecordingAudit) -> None:
+    response = client.post("/v1/lines/tiny/frames", content=colour_frame("red"),
+                           headers=frame_headers("old", time.time() - 120))
+    assert response.status_code == 200
+    decision = response.json()
+    assert decision["action"] == "late"
+    assert decision["in_time"] is False
+    assert decision["class_name"] is None and decision["top_k"] == []
+    assert audit.actions() == ["late"]
+    metrics = client.get("/metrics").text
+    assert 'scrapvision_decisions_total{action="late",class_name="",line="tiny"}' in metrics
+
+
+def test_full_line_answers_503_with_retry_after(make_client, audit: RecordingAudit) -> None:
+    client = make_client(lines={"tiny": LineSettings(model="tiny", deadline_ms=60_000,
+                                                     max_in_flight=1)})
+    line = client.app.state.lines["tiny"]
+    gate = threading.Event()
+    line.slot.executor.submit(gate.wait)  # the inference thread is busy
+    first: list = []
+    worker = threading.Thread(target=lambda: first.append(client.post(
+        "/v1/lines/tiny/frames", content=colour_frame("red"), headers=frame_headers("a"))))
+    worker.start()
+    wait_until(lambda: line.in_flight == 1)  # the first frame holds the only place
+    refused = client.post("/v1/lines/tiny/frames", content=colour_frame("red"),
+                          headers=frame_headers("b"))
+    gate.set()
+    worker.join()
+    assert refused.status_code == 503
+    assert refused.headers["Retry-After"] == "1"
+    assert refused.json()["action"] == "overload" and refused.json()["frame_id"] == "b"
+    assert first[0].status_code == 200 and first[0].json()["action"] == "eject"
+    assert sorted(audit.actions()) == ["eject", "overload"]
+
+
+def test_frame_that_waits_past_its_fire_time_is_not_processed(make_client,
+                                                            audit: RecordingAudit) -> None:
+    client = make_client(lines={"tiny": LineSettings(model="tiny", deadline_ms=500)})
+    line = client.app.state.lines["tiny"]
+    gate = threading.Event()
+    line.slot.executor.submit(gate.wait)
+    result: list = []
+    worker = threading.Thread(target=lambda: result.append(client.post(
+        "/v1/lines/tiny/frames", content=colour_frame("red"), headers=frame_headers("q"))))
+    worker.start()
+    wait_until(lambda: line.in_flight == 1)
+    time.sleep(0.6)  # the 500 ms deadline passes while the frame waits for the thread
+    gate.set()
+    worker.join()
+    assert result[0].json()["action"] == "late"
+    assert audit.actions() == ["late"]
+
+
+def _bomb_png(width: int, height: int) -> bytes:
+    """A PNG whose header claims huge dimensions (the pixels are never there)."""
+    data = bytearray(cv2.imencode(".png", np.zeros((4, 4, 3), np.uint8))[1].tobytes())
+    data[16:24] = width.to_bytes(4, "big") + height.to_bytes(4, "big")
+    return bytes(data)
+
+
+@pytest.mark.parametrize(("body", "headers", "status", "message"), [
+    (b"hello, not an image", {}, 415, "neither JPEG nor PNG"),
+    (colour_frame("red")[:200], {}, 400, "truncated JPEG"),
+    (b"", {}, 400, "empty"),
+    (colour_frame("red"), {"Content-Type": "text/plain"}, 415, "Content-Type"),
+    (b"\xff\xd8\xff" + b"\0" * 20_000, {}, 413, "exceeds"),
+    (_bomb_png(16_000, 16_000), {}, 413, "exceeds the limit"),
+    (colour_frame("red"), {"X-Capture-Time": "yesterday"}, 422, "x-capture-time"),
+    (colour_frame("red"), {"X-Frame-Id": "has space"}, 422, "x-frame-id"),
+    (colour_frame("red"), {"X-Capture-Time": "nan"}, 422, "x-capture-time"),
+])
+def test_bad_input_gets_a_clear_4xx(make_client, audit: RecordingAudit, body: bytes,
+                                    headers: dict[str, str], status: int, message: str) -> None:
+    client = make_client(max_frame_bytes=16_384)
+    response = client.post("/v1/lines/tiny/frames", content=body, headers=headers)
+    assert response.status_code == status, response.text
+    assert message.lower() in response.text.lower()
+    assert audit.records == []
+    assert client.post("/v1/lines/tiny/frames", content=colour_frame("red")).status_code == 200
+
+
+def test_unknown_line_is_404(client: TestClient) -> None:
+    response = client.post("/v1/lines/nope/frames", content=colour_frame("red"))
+    assert response.status_code == 404
+    assert "tiny" in response.json()["detail"]

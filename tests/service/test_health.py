@@ -1,0 +1,66 @@
+"""Operations: /healthz, /readyz, /metrics, /v1/lines, OpenAPI."""
+
+from __future__ import annotations
+
+from fastapi.testclient import TestClient
+from tinymodel import colour_frame
+
+from scrapvision.settings import LineSettings
+from tests.service.conftest import frame_headers
+
+
+def test_ready_when_every_line_has_its_model(client: TestClient) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json() == {"ready": True, "lines": ["tiny"], "not_ready": []}
+
+
+def test_line_whose_model_does_not_fit_its_config_is_not_ready(make_client) -> None:
+    """A model version serves only when it fits every line using it (here 'copper' names a
+    class the model lacks), and a line whose model is missing is not ready either."""
+    client = make_client(lines={
+        "copper": LineSettings(model="tiny", bins={"copper": "3"}),
+        "ghost": LineSettings(model="missing"),
+    })
+    ready = client.get("/readyz")
+    assert ready.status_code == 503
+    assert ready.json()["not_ready"] == ["copper", "ghost"]
+    refused = client.post("/v1/lines/ghost/frames", content=colour_frame("red"))
+    assert refused.status_code == 503 and refused.headers["Retry-After"] == "1"
+    assert "no model named 'missing'" in refused.json()["detail"]
+    models = {m["name"]: m for m in client.get("/v1/models").json()}
+    assert "copper" in models["tiny"]["error"]
+
+
+def test_default_config_serves_one_line_per_registry_model(make_client) -> None:
+    client = make_client(lines={})
+    [line] = client.get("/v1/lines").json()
+    assert (line["name"], line["model"], line["model_version"]) == ("tiny", "tiny", "v1")
+    assert line["deadline_ms"] == 80.0
+    assert line["classes"]["red"] == {"threshold": 0.5, "bin": "red"}
+
+
+def test_metrics_count_decisions_and_expose_model_version(client: TestClient) -> None:
+    def decisions() -> float:
+        for row in client.get("/metrics").text.splitlines():
+            if row.startswith('scrapvision_decisions_total{action="eject",class_name="red"'):
+                return float(row.split()[-1])
+        return 0.0
+
+    before = decisions()
+    client.post("/v1/lines/tiny/frames", content=colour_frame("red"), headers=frame_headers())
+    text = client.get("/metrics").text
+    assert decisions() == before + 1
+    assert 'scrapvision_model_info{model="tiny",version="v1"} 1.0' in text
+    assert 'scrapvision_frame_latency_seconds_bucket{le="0.08",line="tiny"}' in text
+    assert 'scrapvision_queue_depth{line="tiny"} 0.0' in text
+
+
+def test_openapi_documents_binary_frame_bodies(client: TestClient) -> None:
+    schema = client.get("/openapi.json").json()
+    frames = schema["paths"]["/v1/lines/{line}/frames"]["post"]
+    assert set(frames["requestBody"]["content"]) == {
+        "image/jpeg", "image/png", "application/octet-stream"}
+    assert {p["name"] for p in frames["parameters"]} >= {"x-frame-id", "x-capture-time"}
+    assert client.get("/docs").status_code == 200
