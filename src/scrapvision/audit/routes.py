@@ -112,6 +112,8 @@ def get_purity(store: Store, line: queries.Name | None = None,
     Reviews over-represent low-margin frames; `frame_reason=random` gives the unbiased
     estimate from the random sample alone.
     """
+    if since and until and since >= until:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "since must be before until")
     return reviews.purity(store.engine, store.settings, line, since, until, frame_reason)
 
 
