@@ -1,0 +1,77 @@
+"""Settings: defaults, YAML file, environment precedence, line validation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from scrapvision.settings import LineSettings, Settings, load_settings
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("CONFIG", "PORT", "WORKERS", "AUDIT__URL"):
+        monkeypatch.delenv(f"SCRAPVISION_{name}", raising=False)
+
+
+def test_defaults_serve_shipped_models_on_localhost() -> None:
+    settings = load_settings()
+    assert (settings.host, settings.port) == ("127.0.0.1", 8000)
+    assert settings.models_dir == Path("models")
+    assert settings.lines == {} and settings.mqtt is None and settings.api_keys == []
+    assert settings.audit.url.startswith("sqlite:///data/")
+
+
+def test_yaml_file_then_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "serve.yaml"
+    config.write_text("""
+port: 9000
+workers: 3
+lines:
+  line1:
+    model: ewaste
+    bins: {pcb: "1", battery: "2", cable: null}
+    distance_m: 0.3
+    belt_speed_m_s: 3.0
+    valve_ms: 20
+mqtt: {host: broker.local}
+audit: {url: "sqlite:////tmp/x.db"}
+""")
+    monkeypatch.setenv("SCRAPVISION_WORKERS", "1")
+    monkeypatch.setenv("SCRAPVISION_AUDIT__URL", "sqlite:////tmp/y.db")
+    settings = load_settings(config)
+    assert settings.port == 9000
+    assert settings.workers == 1  # environment beats the file
+    assert settings.audit.url == "sqlite:////tmp/y.db"
+    line = settings.lines["line1"]
+    assert line.bins == {"pcb": "1", "battery": "2", "cable": None}
+    assert line.effective_deadline_ms == pytest.approx(80.0)
+    assert settings.mqtt is not None and settings.mqtt.host == "broker.local"
+
+
+def test_missing_config_file_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="nope.yaml"):
+        load_settings(tmp_path / "nope.yaml")
+
+
+def test_typo_in_config_is_refused() -> None:
+    with pytest.raises(ValidationError, match="prot"):
+        Settings(prot=1)
+
+
+@pytest.mark.parametrize(("fields", "message"), [
+    ({"distance_m": 0.3}, "both distance_m and belt_speed_m_s"),
+    ({"deadline_ms": 50, "distance_m": 0.3, "belt_speed_m_s": 3}, "not both"),
+    ({"distance_m": 0.03, "belt_speed_m_s": 3, "valve_ms": 20}, "no time"),
+    ({"thresholds": {"a": 1.5}}, "within"),
+])
+def test_bad_line_config_says_why(fields: dict, message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        LineSettings(model="m", **fields)
+
+
+def test_deadline_defaults_to_80_ms() -> None:
+    assert LineSettings(model="m").effective_deadline_ms == 80.0
+    assert LineSettings(model="m", deadline_ms=40).effective_deadline_ms == 40.0
