@@ -37,7 +37,8 @@ def test_tallies_count_and_survive_restart(make_settings) -> None:
     assert minute["per_class"]["green"] == 1
     assert sum(minute["per_class"].values()) == 4  # the late frame has no class
     assert minute["per_bin"]["red"] == 2 and minute["per_bin"]["recirculate"] == 1
-    assert minute["per_action"] == {"eject": 3, "recirculate": 1, "late": 1}
+    assert {k: n for k, n in minute["per_action"].items() if n} == {
+        "eject": 3, "recirculate": 1, "late": 1}
     assert minute["late"] == 1 and minute["dropped"] == 1
     assert minute["frames_per_s"] > 0 and minute["items_per_min"] > 0
 
