@@ -9,62 +9,20 @@ window, and it prints the observed loss window for the README.
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import httpx
-import pytest
 import yaml
 from sqlalchemy import create_engine, text
 from tinymodel import colour_frame
 
-from scrapvision.settings import CONFIG_ENV
+from .serving import free_port, kill_group, start_serve
 
 COMMIT_INTERVAL_MS = 100
 DURABILITY_WINDOW_S = 0.2  # AuditSettings caps commit_interval_ms at 200: the documented bound
-STARTUP_TIMEOUT_S = 120
 STREAM_BEFORE_KILL_S = 3.0
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def start_serve(config: Path, base: str) -> subprocess.Popen:
-    """`scrapvision serve` in its own process group, ready (every line loaded)."""
-    env = {key: value for key, value in os.environ.items() if key != CONFIG_ENV}
-    server = subprocess.Popen([sys.executable, "-m", "scrapvision", "serve", "--config",
-                               str(config)], env=env, start_new_session=True,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    give_up = time.monotonic() + STARTUP_TIMEOUT_S
-    while time.monotonic() < give_up:
-        if server.poll() is not None:
-            pytest.fail(f"scrapvision serve exited with {server.returncode}")
-        try:
-            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                return server
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    kill_group(server)
-    pytest.fail("scrapvision serve did not become ready")
-
-
-def kill_group(server: subprocess.Popen) -> None:
-    """SIGKILL to the master and every worker at once; nothing gets to clean up."""
-    try:
-        os.killpg(server.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    server.wait()
 
 
 class Camera(threading.Thread):

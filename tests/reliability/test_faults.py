@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import sqlite3
 import subprocess
 import tempfile
@@ -29,6 +28,8 @@ from sqlalchemy import create_engine, text
 from tinymodel import build_tiny_model, colour_frame
 
 from scrapvision.registry import ModelRegistry
+
+from .serving import free_port
 
 BUFFER = 30  # audit max_buffered in these tests
 WAIT_S = 60.0  # generous: a loaded CI box must not fail a test that only waits
@@ -109,12 +110,6 @@ def test_sqlite_locked_by_another_connection(make_client, tmp_path: Path) -> Non
         assert check.execute("PRAGMA integrity_check").fetchone() == ("ok",)
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 class PrivatePostgres:
     """A throw-away PostgreSQL cluster on a free port, run as the `postgres` user when we
     are root (initdb refuses root). Never touches the shared server on 5432."""
@@ -123,7 +118,7 @@ class PrivatePostgres:
         self.bin_dir = bin_dir
         self.root = Path(tempfile.mkdtemp(prefix="scrapvision-pg-"))
         self.data = self.root / "data"
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
         self._as_user: list[str] = []
         if os.geteuid() == 0:
