@@ -226,6 +226,7 @@ def test_purity_and_accuracy_per_line_shift_bin(client, seeded):
     low_margin_only = client.get("/v1/audit/purity", params={"frame_reason": "low_margin"})
     assert [(row["bin"], row["n"]) for row in low_margin_only.json()["bins"]] == [("bin-red", 1)]
     assert client.get("/v1/audit/purity", params={"frame_reason": "any"}).status_code == 422
+    assert client.get("/v1/audit/purity", params={"since": T0, "until": T0}).status_code == 422
 
 
 def test_purity_groups_by_configured_shift(client, seeded, store):
