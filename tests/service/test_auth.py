@@ -25,6 +25,7 @@ ROUTES = [  # (method, path, role that may call it)
     ("get", "/v1/lines", "qa"),
     ("get", "/v1/lines/tiny/tallies", "qa"),
     ("get", "/v1/models", "qa"),
+    ("get", "/v1/audit/decisions", "qa"),
     ("post", "/v1/models/tiny/load", "admin"),
     ("post", "/v1/models/tiny/rollback", "admin"),
 ]

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
-import importlib.util
 import logging
 from collections.abc import AsyncIterator
 
@@ -14,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from scrapvision import __version__
+from scrapvision.audit import routes as audit_routes
 from scrapvision.audit.store import AuditStore
 from scrapvision.decode import DecodeError
 from scrapvision.registry import ModelRegistry
@@ -85,22 +84,12 @@ def create_app(settings: Settings | None = None, audit_store: AuditSink | None =
     app.state.keyring = KeyRing(settings.api_keys)
     for module in (lines, stream, tallies, models, health):
         app.include_router(module.router)
-    _include_audit_routes(app)
+    app.include_router(audit_routes.router)
+    app.include_router(audit_routes.qa_router)
     app.add_exception_handler(DecodeError, _decode_error)
     app.add_exception_handler(LineUnavailable, _line_unavailable)
     app.add_exception_handler(RequestValidationError, _validation_error)
     return app
-
-
-def _include_audit_routes(app: FastAPI) -> None:
-    """The audit query/review API and the /qa page (TODO: import directly once
-    `scrapvision.audit.routes` has landed; until then the service runs without them)."""
-    if importlib.util.find_spec("scrapvision.audit.routes") is None:
-        log.warning("scrapvision.audit.routes not available: /v1/audit and /qa not served")
-        return
-    audit_routes = importlib.import_module("scrapvision.audit.routes")
-    app.include_router(audit_routes.router)
-    app.include_router(audit_routes.qa_router)
 
 
 def app_from_environment() -> FastAPI:
