@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 from fastapi.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 from tinymodel import colour_frame
 
+from scrapvision.service.app import create_app
 from scrapvision.service.auth import KeyRing, hash_key
 from scrapvision.settings import ApiKey
 
@@ -14,9 +17,13 @@ KEYS = {"frames": "line-key-1", "qa": "qa-key-1", "admin": "admin-key-1"}
 
 
 @pytest.fixture
-def secured(make_client) -> TestClient:
-    return make_client(api_keys=[ApiKey(name=f"{role} key", role=role, sha256=hash_key(key))
-                                 for role, key in KEYS.items()])
+def secured(make_settings) -> Iterator[TestClient]:
+    """The app with keys of each role, on the real audit store (its routes need it)."""
+    settings = make_settings(api_keys=[ApiKey(name=f"{role} key", role=role,
+                                              sha256=hash_key(key))
+                                       for role, key in KEYS.items()])
+    with TestClient(create_app(settings)) as client:
+        yield client
 
 
 ROUTES = [  # (method, path, role that may call it)
