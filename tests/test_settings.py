@@ -75,3 +75,15 @@ def test_bad_line_config_says_why(fields: dict, message: str) -> None:
 def test_deadline_defaults_to_80_ms() -> None:
     assert LineSettings(model="m").effective_deadline_ms == 80.0
     assert LineSettings(model="m", deadline_ms=40).effective_deadline_ms == 40.0
+
+
+def test_readme_configuration_example_is_valid(tmp_path: Path) -> None:
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    section = readme.split("## Configuration", 1)[1]
+    example = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    config = tmp_path / "example.yaml"
+    config.write_text(example)
+    settings = load_settings(config)
+    line = settings.lines["ewaste-line-1"]
+    assert line.effective_deadline_ms == pytest.approx(80.0)
+    assert line.fusion is not None and settings.api_keys[0].role == "frames"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from pythonjsonlogger.core import RESERVED_ATTRS
+
 JSON_FORMAT = "%(asctime)s %(levelname)s %(name)s %(process)d %(message)s"
 
 
@@ -20,7 +22,9 @@ def log_config(level: str = "info") -> dict[str, Any]:
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"json": {"()": "pythonjsonlogger.json.JsonFormatter",
-                                "fmt": JSON_FORMAT, "rename_fields": {"levelname": "level"}}},
+                                "fmt": JSON_FORMAT, "rename_fields": {"levelname": "level"},
+                                # uvicorn's ANSI-coloured copy of each message
+                                "reserved_attrs": [*RESERVED_ATTRS, "color_message"]}},
         "handlers": {"default": handler},
         "loggers": {
             "scrapvision": {"handlers": ["default"], "level": level, "propagate": False},
