@@ -10,8 +10,12 @@ could slip a bomb past the check).
 from __future__ import annotations
 
 import faulthandler
+import os
 import struct
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -234,6 +238,52 @@ def test_jpeg_with_too_many_scans_is_refused_before_decoding(no_decoding) -> Non
     with pytest.raises(DecodeError, match="scans, more than the limit") as error:
         decode_frame(bomb, TARGET)
     assert error.value.status == 413
+
+
+# The largest frame the limits let through in the costliest layout: a 16-bit RGBA PNG of
+# MAX_PIXELS, a few hundred KB. Written by one process, decoded by a fresh one, so the
+# decoding process's peak RSS is the decoder's alone.
+WRITE_LARGEST = """
+import sys
+import cv2, numpy as np
+from scrapvision.decode import MAX_PIXELS
+width = 16_384
+image = np.zeros((MAX_PIXELS // width, width, 4), np.uint16)
+cv2.imwrite(sys.argv[1], image)
+"""
+DECODE = """
+import re, sys
+from pathlib import Path
+from scrapvision.decode import decode_frame
+
+def peak_rss():  # VmHWM, not ru_maxrss: that one keeps the forking parent's peak
+    return int(re.search(r"VmHWM:\\s+(\\d+) kB", Path("/proc/self/status").read_text())[1]) * 1024
+
+data = Path(sys.argv[1]).read_bytes()
+before = peak_rss()
+decode_frame(data, (224, 224))
+print(len(data), before, peak_rss())
+"""
+BYTES_PER_PIXEL_BOUND = 8  # 8-bit BGR output (3) + resize and conversion buffers
+
+
+def _python(code: str, *args: str) -> str:
+    run = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                         timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0, run.stderr
+    return run.stdout
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(),
+                    reason="peak RSS is read from Linux /proc/self/status")
+def test_largest_legal_frame_decodes_within_a_memory_bound(tmp_path: Path) -> None:
+    path = tmp_path / "largest.png"
+    _python(WRITE_LARGEST, str(path))
+    size, before, peak = map(int, _python(DECODE, str(path)).split())
+    grown = peak - before
+    print(f"\nlargest legal frame: {size / 1024:.0f} KB PNG, decode peak +{grown / 2**20:.0f} MB "
+          f"({before / 2**20:.0f} -> {peak / 2**20:.0f} MB)")
+    assert grown <= BYTES_PER_PIXEL_BOUND * MAX_PIXELS
 
 
 def _noisy_jpeg() -> bytes:
