@@ -69,7 +69,8 @@ class LineSettings(BaseModel):
     )
     top_k: int = Field(3, ge=1)
     max_in_flight: int = Field(
-        8, ge=1, description="frames queued or running per worker process before 503"
+        16, ge=1, description="frames queued or running per worker process before 503 "
+        "(about deadline / inference time: more would only turn late)"
     )
     fusion: FusionSettings | None = None
 

@@ -46,3 +46,21 @@ def test_stream_to_unknown_line_is_refused(client: TestClient) -> None:
         with client.websocket_connect("/v1/lines/nope/stream") as ws:
             ws.receive_json()
     assert refused.value.code == 1008
+
+
+def test_stream_survives_a_failing_inference(client: TestClient, monkeypatch) -> None:
+    line = client.app.state.lines["tiny"]
+    engine = line.slot.current.engine
+
+    def broken(batch):
+        raise RuntimeError("onnxruntime fell over")
+
+    with client.websocket_connect("/v1/lines/tiny/stream") as ws:
+        monkeypatch.setattr(engine, "predict", broken)
+        ws.send_bytes(colour_frame("red"))
+        failed = ws.receive_json()
+        monkeypatch.undo()
+        ws.send_bytes(colour_frame("red"))
+        recovered = ws.receive_json()
+    assert failed["status"] == 500
+    assert recovered["class_name"] == "red"

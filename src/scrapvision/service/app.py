@@ -57,6 +57,9 @@ def create_app(settings: Settings | None = None, audit_store: AuditSink | None =
             name: Line(name, line, manager.slots[line.model], sink, settings.max_pixels)
             for name, line in line_settings.items()
         }
+        if not app.state.lines:
+            log.warning("no lines configured and no models in the registry: not ready",
+                        extra={"models_dir": str(settings.models_dir)})
         if app.state.keyring.open:
             log.warning("no API keys configured: every route is open; "
                         "serve binds to localhost only")

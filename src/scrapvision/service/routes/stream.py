@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from typing import Any
 
@@ -28,6 +29,7 @@ from scrapvision.service.framing import new_frame_id, parse_meta_json
 from scrapvision.service.lines import FrameMeta, Line, LineUnavailable
 from scrapvision.service.routes.lines import decide_or_error
 
+log = logging.getLogger(__name__)
 router = APIRouter(tags=["lines"])
 
 
@@ -68,10 +70,14 @@ async def stream(websocket: WebSocket, line: Line = Depends(get_line)) -> None:
 
 
 async def _decide(line: Line, frame: bytes, meta: FrameMeta, received: float) -> dict[str, Any]:
+    """Always an answer: a stream must not stall on one frame's failure."""
     try:
         return await decide_or_error(line, frame, meta, received)
     except LineUnavailable as exc:
         return {"frame_id": meta.frame_id, "status": 503, "error": str(exc)}
+    except Exception:  # noqa: BLE001 - answered as a 500 entry, the stream goes on
+        log.exception("frame failed", extra={"line": line.name, "frame_id": meta.frame_id})
+        return {"frame_id": meta.frame_id, "status": 500, "error": "internal error"}
 
 
 async def _send_in_order(websocket: WebSocket,
