@@ -50,7 +50,7 @@ def service(make_settings: Callable[..., Settings]) -> Iterator[schemathesis.Bas
     shutdown_lifespans()  # schemathesis started the app's lifespan; close the store
 
 
-FUZZ = settings(max_examples=examples(40, 1_000), deadline=None, database=None,
+FUZZ = settings(max_examples=examples(100, 1_000), deadline=None, database=None,
                 suppress_health_check=list(HealthCheck))
 
 
