@@ -63,6 +63,22 @@ THROUGHPUT_DEADLINE_MS = 1000.0
 
 
 @dataclass(frozen=True)
+class ServeLayout:
+    """How `scrapvision serve` runs inference: worker processes, each with
+    `inference_threads` threads sharing one onnxruntime session of `ort_threads` threads."""
+
+    workers: int
+    ort_threads: int
+    inference_threads: int = 1
+
+    def __str__(self) -> str:
+        label = f"{self.workers}x{self.ort_threads}"
+        if self.inference_threads > 1:
+            label += f" ({self.inference_threads} inference threads)"
+        return label
+
+
+@dataclass(frozen=True)
 class Plan:
     """How long and how wide each part runs."""
 
@@ -76,14 +92,15 @@ class Plan:
     frame_sets: tuple[str, ...] = tuple(size_name(w, h) for w, h in ((640, 480), (1280, 720)))
     max_frames: int | None = None
     layouts: tuple[tuple[int, int], ...] = ((2, 1), (1, 2), (1, 1))  # in-process P x T
-    serve_layouts: tuple[tuple[int, int], ...] = ((2, 1), (1, 2))  # serve workers x threads
+    serve_layouts: tuple[ServeLayout, ...] = (
+        ServeLayout(2, 1), ServeLayout(1, 2), ServeLayout(1, 1, inference_threads=2))
     batches: tuple[int, ...] = (8,)
     naive: bool = True
 
 
 QUICK = Plan(load_seconds=0.5, warmup_seconds=0.2, inprocess_seconds=0.5, deadline_seconds=1.0,
              streams=(1, 2), frame_sets=("640x480",), max_frames=5, layouts=((1, 1),),
-             serve_layouts=((1, 1), (1, 2)), batches=(2,))
+             serve_layouts=(ServeLayout(1, 1), ServeLayout(1, 1, 2)), batches=(2,))
 
 
 @dataclass
@@ -107,6 +124,10 @@ def allocate_cpus(pin: str) -> Cpus:
                 "without halving the server, so servers, in-process workers and the load "
                 "generator share CPUs " + _cpu_list(set(cpus)) + "; the load generator's own "
                 "CPU use is reported with every number")
+
+
+def _slug(layout: ServeLayout) -> str:
+    return f"{layout.workers}x{layout.ort_threads}x{layout.inference_threads}"
 
 
 def _cpu_list(cpus: set[int]) -> str:
@@ -193,8 +214,8 @@ def bench_registry(model: Path, root: Path) -> ModelInfo:
     return info
 
 
-def serve_config(folder: Path, registry: Path, model_name: str, port: int, workers: int,
-                 threads: int, deadline_ms: float, max_streams: int) -> Path:
+def serve_config(folder: Path, registry: Path, model_name: str, port: int, layout: ServeLayout,
+                 deadline_ms: float, max_streams: int) -> Path:
     """Service settings for the bench: one throughput line plus the deadline-scenario lines."""
     data = folder / "data"
     shutil.rmtree(data, ignore_errors=True)
@@ -203,12 +224,13 @@ def serve_config(folder: Path, registry: Path, model_name: str, port: int, worke
                                "max_in_flight": max_streams}}
     lines |= {name: {"model": model_name, "deadline_ms": deadline_ms} for name in DEADLINE_LINES}
     settings = {
-        "port": port, "workers": workers, "ort_threads": threads,
+        "port": port, "workers": layout.workers, "ort_threads": layout.ort_threads,
+        "inference_threads": layout.inference_threads,
         "models_dir": str(registry), "lines": lines,
         "audit": {"url": f"sqlite:///{data / 'audit.db'}", "frames_dir": str(data / "frames")},
         "log_level": "warning",
     }
-    path = folder / f"serve-{workers}x{threads}.yaml"
+    path = folder / f"serve-{_slug(layout)}.yaml"
     path.write_text(yaml.safe_dump(settings, sort_keys=False))
     return path
 
@@ -249,16 +271,16 @@ class Runner:
         _progress(transport, result)
         return result
 
-    def serve(self, workers: int, threads: int, full: bool) -> dict[str, Any]:
+    def serve(self, layout: ServeLayout, full: bool) -> dict[str, Any]:
         """Start `scrapvision serve` in one layout and load it (all of it when `full`)."""
         plan, port = self.plan, free_port()
         folder = self.out / "serve"
-        config = serve_config(folder, self.registry, self.info.name, port, workers, threads,
+        config = serve_config(folder, self.registry, self.info.name, port, layout,
                               plan.deadline_ms, max(plan.streams))
         command = [sys.executable, "-m", "scrapvision", "serve", "--config", str(config)]
         loads, deadline = [], []
         with started(command, "/readyz", port, self.cpus.server,
-                     folder / f"serve-{workers}x{threads}.log") as server:
+                     folder / f"serve-{_slug(layout)}.log") as server:
             streams = plan.streams if full else plan.streams[-1:]
             frame_sets = plan.frame_sets if full else plan.frame_sets[:1]
             for frame_set in frame_sets:
@@ -274,7 +296,7 @@ class Runner:
                         plan.frame_sets[0], plan.deadline_seconds, rate=plan.deadline_rate,
                         deadline_ms=plan.deadline_ms))
                     server.sample_memory()
-        return {"layout": f"{workers}x{threads}", "ready_s": server.ready_s,
+        return {"layout": str(layout), "ready_s": server.ready_s,
                 "rss_mb": server.rss_mb, "pss_mb": server.pss_mb, "loads": loads,
                 "deadline": deadline}
 
@@ -371,9 +393,9 @@ def main(argv: list[str] | None = None) -> None:
                                       50 if args.quick else 200,
                                       args.frames / plan.frame_sets[0], plan.inprocess_seconds)
     results["serve"] = []
-    for index, (workers, threads) in enumerate(plan.serve_layouts):
-        print(f"scrapvision serve {workers}x{threads}")
-        results["serve"].append(runner.serve(workers, threads, full=index == 0))
+    for index, layout in enumerate(plan.serve_layouts):
+        print(f"scrapvision serve {layout}")
+        results["serve"].append(runner.serve(layout, full=index == 0))
     if plan.naive:
         print("naive baseline")
         results["naive"] = runner.naive()

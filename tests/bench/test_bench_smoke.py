@@ -20,6 +20,7 @@ from bench.common import REPO, latency_summary, load_frames, parse_cpus
 from bench.inprocess import Job, Layout, measure
 from bench.load import classify, run_load
 from bench.run_all import (
+    ServeLayout,
     allocate_cpus,
     bench_registry,
     free_port,
@@ -138,7 +139,7 @@ def tiny_server(tmp_path: Path, tiny_model: Path):
     registry = tmp_path / "registry"
     info = bench_registry(tiny_model, registry)
     port = free_port()
-    config = serve_config(tmp_path / "serve", registry, info.name, port, workers=1, threads=1,
+    config = serve_config(tmp_path / "serve", registry, info.name, port, ServeLayout(1, 1),
                           deadline_ms=80, max_streams=2)
     command = [sys.executable, "-m", "scrapvision", "serve", "--config", str(config)]
     with started(command, "/readyz", port, allocate_cpus("none").server,
@@ -206,6 +207,7 @@ def test_run_all_quick_writes_results(tiny_model: Path, frames: Path, tmp_path: 
     subprocess.run(command, cwd=REPO, check=True, timeout=300, capture_output=True)
     raw = json.loads((tmp_path / "out" / "results.json").read_text())
     assert {r["transport"] for r in raw["serve"][0]["loads"]} == {"http", "ws"}
+    assert [s["layout"] for s in raw["serve"]] == ["1x1", "1x1 (2 inference threads)"]
     assert len(raw["serve"][0]["deadline"]) == 2
     assert raw["inprocess"] and raw["serve"][0]["rss_mb"] > 0
     text = results.read_text()
