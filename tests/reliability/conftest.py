@@ -8,6 +8,7 @@ Reliability figures quote them, so they must come from the run, not from setting
 from __future__ import annotations
 
 import os
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,6 +24,19 @@ from scrapvision.settings import CONFIG_ENV, ApiKey, LineSettings, Settings
 
 SLOW = os.environ.get("SCRAPVISION_SLOW") == "1"
 CASES: Counter[str] = Counter()
+
+
+WAIT_S = 60.0  # generous: a loaded CI box must not fail a test that only waits
+
+
+def wait_for(condition: Callable[[], Any], what: str) -> Any:
+    """Poll until `condition()` is truthy; fail after WAIT_S saying what never happened."""
+    give_up = time.monotonic() + WAIT_S
+    while not (result := condition()):
+        if time.monotonic() > give_up:
+            pytest.fail(f"gave up waiting for: {what}")
+        time.sleep(0.05)
+    return result
 
 
 def examples(fast: int, slow: int) -> int:

@@ -24,7 +24,7 @@ from scrapvision.service import auth
 from scrapvision.service.auth import KeyRing
 from scrapvision.settings import ApiKey
 
-from .conftest import KEYS
+from .conftest import KEYS, wait_for
 
 PUBLIC = {  # answer without a key, by design: probes, scrape, the static QA shell, API docs
     "/healthz", "/readyz", "/metrics", "/qa", "/qa/static/{name}",
@@ -149,6 +149,22 @@ def test_key_in_query_works_for_websockets_only_with_the_right_role(keyed: TestC
 def test_public_routes_answer_without_a_key(keyed: TestClient) -> None:
     for path in ("/healthz", "/readyz", "/metrics", "/qa", "/qa/static/qa.js"):
         assert keyed.get(path).status_code == 200, path
+
+
+def test_qa_page_is_a_shell_that_shows_no_data_without_a_qa_key(keyed: TestClient) -> None:
+    """/qa answers without a key by design, so it must never carry data itself: what it
+    shows comes from /v1/audit/*, which needs the QA key the user types into it."""
+    headers = {"X-API-Key": KEYS["frames"], "Content-Type": "image/jpeg",
+               "X-Frame-Id": "secret-frame-id"}
+    assert keyed.post("/v1/lines/tiny/frames", content=colour_frame("red"),
+                      headers=headers).status_code == 200
+    wait_for(lambda: keyed.get("/v1/audit/decisions",
+                               headers={"X-API-Key": KEYS["qa"]}).json()["items"],
+             "the decision to be stored")
+    for path in ("/qa", "/qa/static/qa.js", "/qa/static/qa.css"):
+        page = keyed.get(path)
+        assert page.status_code == 200 and b"secret-frame-id" not in page.content
+    assert keyed.get("/v1/audit/decisions").status_code == 401
 
 
 def test_keys_are_configured_only_as_sha256_digests() -> None:

@@ -16,7 +16,6 @@ import shutil
 import sqlite3
 import subprocess
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from glob import glob
 from pathlib import Path
@@ -29,20 +28,10 @@ from tinymodel import build_tiny_model, colour_frame
 
 from scrapvision.registry import ModelRegistry
 
+from .conftest import wait_for
 from .serving import free_port
 
 BUFFER = 30  # audit max_buffered in these tests
-WAIT_S = 60.0  # generous: a loaded CI box must not fail a test that only waits
-
-
-def wait_for(condition: Callable[[], Any], what: str) -> Any:
-    """Poll until `condition()` is truthy; fail after WAIT_S saying what never happened."""
-    give_up = time.monotonic() + WAIT_S
-    while not (result := condition()):
-        if time.monotonic() > give_up:
-            pytest.fail(f"gave up waiting for: {what}")
-        time.sleep(0.05)
-    return result
 
 
 def post_frames(client: TestClient, prefix: str, count: int) -> None:
@@ -127,7 +116,7 @@ class PrivatePostgres:
 
     def _run(self, tool: str, *args: str) -> None:
         subprocess.run([*self._as_user, str(self.bin_dir / tool), *args], check=True,
-                       capture_output=True, timeout=WAIT_S)
+                       capture_output=True, timeout=120)
 
     def init(self) -> None:
         self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres",
