@@ -18,6 +18,7 @@ from scrapvision.decode import DecodeError
 from scrapvision.registry import ModelRegistry
 from scrapvision.service import metrics
 from scrapvision.service.auth import KeyRing
+from scrapvision.service.limits import BodyLimitMiddleware
 from scrapvision.service.lines import Line, LineUnavailable
 from scrapvision.service.models import ModelManager
 from scrapvision.service.mqtt import MqttPublisher
@@ -87,6 +88,7 @@ def create_app(settings: Settings | None = None, audit_store: AuditSink | None =
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.add_middleware(BodyLimitMiddleware, settings=settings)
     app.state.keyring = KeyRing(settings.api_keys)
     for module in (lines, stream, tallies, health):
         app.include_router(module.router)

@@ -92,23 +92,6 @@ def _chunk(view: memoryview, pos: int, what: str, index: int) -> tuple[bytes, in
     return bytes(view[start:end]), end
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it exceeds `limit` bytes."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        if not declared.isdigit():
-            raise HTTPException(400, detail="Content-Length is not a number")
-        if int(declared) > limit:
-            raise HTTPException(413, detail=f"body of {declared} bytes exceeds {limit} bytes")
-        return await request.body()
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise HTTPException(413, detail=f"body exceeds {limit} bytes")
-    return bytes(body)
-
-
 def check_media_type(request: Request, allowed: frozenset[str]) -> None:
     """415 for a declared content type we do not take (no header: the bytes decide)."""
     declared = request.headers.get("content-type")

@@ -21,7 +21,6 @@ from scrapvision.service.framing import (
     UnixTime,
     check_media_type,
     new_frame_id,
-    read_body,
     split_batch,
 )
 from scrapvision.service.lines import FrameMeta, Line
@@ -94,7 +93,7 @@ async def post_frame(
     """
     received = time.time()
     check_media_type(request, FRAME_MEDIA_TYPES)
-    frame = await read_body(request, request.app.state.settings.max_frame_bytes)
+    frame = await request.body()  # size already limited by BodyLimitMiddleware
     try:
         record = await line.decide(frame, meta, received)
     except DecodeError as exc:
@@ -119,9 +118,7 @@ async def post_batch(
     error}` per frame, so one bad frame does not fail the others."""
     received = time.time()
     check_media_type(request, frozenset({BATCH_MEDIA_TYPE}))
-    settings = request.app.state.settings
-    body = await read_body(request, settings.max_frame_bytes * settings.max_batch_frames)
-    frames = split_batch(body, settings.max_batch_frames)
+    frames = split_batch(await request.body(), request.app.state.settings.max_batch_frames)
     metrics.BATCH_FRAMES.labels(line.name).observe(len(frames))
     results = [await decide_or_error(line, frame, meta, received) for meta, frame in frames]
     return json_response({"decisions": results})

@@ -1,0 +1,60 @@
+"""Request body size limits, enforced before any route buffers or parses a body.
+
+FastAPI reads a JSON body whole before validating it, so a limit inside a route comes too
+late. This ASGI middleware refuses an oversized declared `Content-Length` at once, and
+counts the bytes of a chunked body as they arrive, with 413 either way. Frame routes get
+the frame limit, batch routes frame limit x batch size, everything else `max_json_bytes`.
+"""
+
+from __future__ import annotations
+
+from fastapi import HTTPException
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from scrapvision.settings import Settings
+
+
+class BodyLimitMiddleware:
+    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+        self.app = app
+        self.frame_limit = settings.max_frame_bytes
+        self.batch_limit = settings.max_frame_bytes * settings.max_batch_frames
+        self.other_limit = settings.max_json_bytes
+
+    def limit_for(self, path: str) -> int:
+        if path.endswith("/frames"):
+            return self.frame_limit
+        if path.endswith("/batch"):
+            return self.batch_limit
+        return self.other_limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.limit_for(scope["path"])
+        declared = _content_length(scope)
+        if declared is not None and declared > limit:
+            response = JSONResponse(
+                {"detail": f"body of {declared} bytes exceeds the limit of {limit} bytes"}, 413)
+            await response(scope, receive, send)
+            return
+        received = 0
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > limit:
+                raise HTTPException(413, detail=f"body exceeds the limit of {limit} bytes")
+            return message
+
+        await self.app(scope, counting_receive, send)
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            return int(value) if value.isdigit() else None
+    return None
