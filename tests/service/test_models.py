@@ -102,3 +102,31 @@ def test_promotion_by_another_process_is_picked_up(client: TestClient, models_di
     ModelRegistry(models_dir).promote("tiny", "v2")
     wait_until(lambda: client.get("/v1/models").json()[0]["version"] == "v2")
     assert served_version(client) == "v2"
+
+
+def test_a_model_copied_in_later_is_picked_up(make_client, models_dir: Path,
+                                              tmp_path: Path) -> None:
+    from scrapvision.settings import LineSettings
+    from tests.service.conftest import wait_until
+
+    client = make_client(lines={"later": LineSettings(model="later", deadline_ms=60_000)})
+    assert client.get("/readyz").status_code == 503
+    built = build_tiny_model(tmp_path / "build" / "later.onnx", name="later")
+    registry = ModelRegistry(models_dir)
+    registry.add("later", built)
+    registry.promote("later", "v1")
+    wait_until(lambda: client.get("/readyz").status_code == 200)
+
+
+def test_a_broken_promotion_elsewhere_is_refused_and_v1_keeps_serving(client: TestClient, models_dir: Path,
+                                                       tmp_path: Path) -> None:
+    from tests.service.conftest import wait_until
+
+    broken = models_dir / "tiny" / "v2"
+    broken.mkdir()
+    (broken / "model.onnx").write_bytes(b"not onnx")
+    ModelRegistry(models_dir).promote("tiny", "v2")
+    slot = client.app.state.models.slots["tiny"]
+    wait_until(lambda: slot.refused_version == "v2")
+    assert served_version(client) == "v1"
+    assert "cannot load" in client.get("/v1/models").json()[0]["error"]

@@ -102,14 +102,25 @@ class ModelManager:
         log.info("serving model", extra={"model": slot.name, "version": loaded.version,
                                          "replaced": old.version if old else None})
 
+    def _try_install(self, slot: ModelSlot, version: str) -> None:
+        """Build and swap in `version`; on failure keep what serves and remember why."""
+        try:
+            self._install(slot, self._build(slot, version))
+        except (ModelLoadError, RegistryError) as exc:
+            slot.error, slot.refused_version = str(exc), version
+            log.error("model refused; the previous version (if any) keeps serving",
+                      extra={"model": slot.name, "version": version, "error": str(exc)})
+
     def load_all(self) -> None:
-        """Startup: load each model's active version; a failure leaves that line not ready."""
+        """Startup: load each model's active version; a failure leaves its lines not ready."""
         for slot in self.slots.values():
             try:
-                self._install(slot, self._build(slot, self.registry.active(slot.name)))
-            except (ModelLoadError, RegistryError) as exc:
+                version = self.registry.active(slot.name)
+            except RegistryError as exc:
                 slot.error = str(exc)
-                log.error("model not loaded", extra={"model": slot.name, "error": str(exc)})
+                log.error("model not found", extra={"model": slot.name, "error": str(exc)})
+                continue
+            self._try_install(slot, version)
 
     async def load(self, name: str, version: str | None = None) -> LoadedModel:
         """Load `version` (default: the registry's active one), make it active, swap it in.
@@ -150,12 +161,7 @@ class ModelManager:
             if active in (serving, slot.refused_version):
                 continue
             async with self._swap_lock:
-                try:
-                    self._install(slot, await run_in_threadpool(self._build, slot, active))
-                except (ModelLoadError, RegistryError) as exc:
-                    slot.error, slot.refused_version = str(exc), active
-                    log.error("refused promoted model; previous one keeps serving",
-                              extra={"model": slot.name, "version": active, "error": str(exc)})
+                await run_in_threadpool(self._try_install, slot, active)
 
     async def watch(self, interval_s: float) -> None:
         """Poll the registry forever (a background task of each worker)."""
