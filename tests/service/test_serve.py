@@ -111,6 +111,10 @@ def test_swap_under_load_reaches_every_worker_without_a_failed_request(
     for _ in range(10):
         response = server.post("/v1/lines/tiny/frames", content=colour_frame("red"))
         assert response.json()["model_version"] == "v2"
+    # both workers' decisions land in the one store: tallies add up
+    total = sent[0] + 10
+    wait_until(lambda: server.get("/v1/lines/tiny/tallies").json()["since_start"]["total"]
+               == total)
 
 
 def test_serve_refuses_a_missing_config_file(tmp_path: Path) -> None:
