@@ -12,6 +12,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from tinymodel import build_tiny_model  # noqa: E402
 
+from scrapvision import decode  # noqa: E402
 from scrapvision.registry import ModelRegistry  # noqa: E402
 
 
@@ -29,6 +30,15 @@ def models_dir(tmp_path: Path) -> Path:
     registry.add("tiny", build_tiny_model(tmp_path / "build" / "tiny.onnx"))
     registry.promote("tiny", "v1")
     return root
+
+
+@pytest.fixture
+def no_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail the test if pixels are decoded: refusals must come from the header alone."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("a decoder was called")
+    monkeypatch.setattr(decode.cv2, "imdecode", refuse)
+    monkeypatch.setattr(decode.simplejpeg, "decode_jpeg", refuse)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

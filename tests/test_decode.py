@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from tinymodel import colour_frame
 
-from scrapvision import decode
 from scrapvision.decode import DecodeError, decode_frame, header_size, reduction_flag
 
 
@@ -27,15 +26,6 @@ def with_jpeg_size(data: bytes, width: int, height: int) -> bytes:
 
 def with_png_size(data: bytes, width: int, height: int) -> bytes:
     return data[:16] + struct.pack(">II", width, height) + data[24:]
-
-
-@pytest.fixture
-def no_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Fail the test if pixels are decoded: refusals must come from the header alone."""
-    def refuse(*args, **kwargs):
-        raise AssertionError("a decoder was called")
-    monkeypatch.setattr(decode.cv2, "imdecode", refuse)
-    monkeypatch.setattr(decode.simplejpeg, "decode_jpeg", refuse)
 
 
 @pytest.mark.parametrize("fmt", [".jpg", ".png"])

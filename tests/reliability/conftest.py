@@ -11,6 +11,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -100,14 +101,6 @@ def make_settings(models_dir: Path, tmp_path: Path) -> Callable[..., Settings]:
 @pytest.fixture
 def make_client(make_settings: Callable[..., Settings]) -> Iterator[Callable[..., TestClient]]:
     """The real app (lifespan, audit store) as a TestClient; closed after the test."""
-    clients: list[TestClient] = []
-
-    def make(**settings: Any) -> TestClient:
-        client = TestClient(create_app(make_settings(**settings)))
-        client.__enter__()
-        clients.append(client)
-        return client
-
-    yield make
-    for client in clients:
-        client.__exit__(None, None, None)
+    with ExitStack() as started:
+        yield lambda **settings: started.enter_context(
+            TestClient(create_app(make_settings(**settings))))

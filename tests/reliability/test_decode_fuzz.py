@@ -192,15 +192,6 @@ def test_random_bytes_decode_or_are_refused_with_4xx(data: bytes, decoder_calls,
     count_case(_check_contract(data, decoder_calls))
 
 
-@pytest.fixture
-def no_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
-    def refuse(*args, **kwargs):
-        raise AssertionError("a decoder ran on a frame its header should have refused")
-
-    monkeypatch.setattr(decode.simplejpeg, "decode_jpeg", refuse)
-    monkeypatch.setattr(decode.cv2, "imdecode", refuse)
-
-
 @settings(max_examples=examples(300, 5_000), deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(seed=st.sampled_from(SEEDS), width=st.integers(1, 2**16 - 1),
