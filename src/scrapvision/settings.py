@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import (
@@ -146,7 +146,7 @@ class Settings(BaseSettings):
     api_keys: list[ApiKey] = Field(default_factory=list)
     mqtt: MqttSettings | None = None
     audit: AuditSettings = Field(default_factory=AuditSettings)
-    log_level: str = "info"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @classmethod
     def settings_customise_sources(
