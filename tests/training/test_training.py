@@ -19,7 +19,8 @@ from scrapvision.training.data import normalise
 from scrapvision.training.export import (
     ExportError, export_run, load_trained_model, parity_batch,
 )
-from scrapvision.training.trainer import load_run_config, run_samples, train
+from scrapvision.training.backbones import create_model
+from scrapvision.training.trainer import TrainingError, load_run_config, run_samples, train
 
 RUN_FILES = ("config.yaml", "split.csv", "run.json", "metrics.csv", "metrics.json",
              "curves.png", "best.pt", "last.pt")
@@ -99,3 +100,23 @@ def test_export_refuses_a_model_that_breaks_parity(trained_run: Path, tmp_path: 
     with pytest.raises(ExportError, match="differ"):
         export_run(trained_run, models_dir=tmp_path / "models", tolerance=-1.0)
     assert not ModelRegistry(tmp_path / "models").versions("tiny")
+
+
+def test_cached_views_train_only_the_unfrozen_rest(colour_data: Path, tmp_path: Path) -> None:
+    config = tiny_config(colour_data, tmp_path / "runs",
+                         ["optim.freeze_stages=5", "optim.cached_views=3", "optim.epochs=2"])
+    torch.manual_seed(config.seed)  # the same random init as the run's
+    initial = create_model("efficientnet_lite0", 3, pretrained=False).state_dict()
+    run = train(config, progress=False)
+    trained = torch.load(run / "last.pt", weights_only=False)["model"]
+    assert torch.equal(trained["blocks.4.0.conv_pw.weight"], initial["blocks.4.0.conv_pw.weight"])
+    assert not torch.equal(trained["blocks.5.0.conv_pw.weight"],
+                           initial["blocks.5.0.conv_pw.weight"])
+    assert [row["epoch"] for row in json.loads((run / "metrics.json").read_text())] == [1, 2]
+
+
+def test_cached_views_need_a_frozen_trunk(colour_data: Path, tmp_path: Path) -> None:
+    config = tiny_config(colour_data, tmp_path / "runs",
+                         ["optim.freeze_stages=0", "optim.cached_views=2"])
+    with pytest.raises(TrainingError, match="freeze_stages"):
+        train(config, progress=False)

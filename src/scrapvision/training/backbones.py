@@ -89,3 +89,18 @@ def create_model(name: str, num_classes: int, *, pretrained: bool = True,
         model.load_state_dict(lukemelas_to_timm(state, model), strict=True)
     model.reset_classifier(num_classes)
     return model
+
+
+def forward_trunk(model: nn.Module, images: torch.Tensor, stages: int) -> torch.Tensor:
+    """Stem and the first `stages` block stages (the part `freeze_stages` keeps frozen)."""
+    if stages == 0:
+        return images
+    return model.blocks[:stages](model.bn1(model.conv_stem(images)))
+
+
+def forward_rest(model: nn.Module, trunk_out: torch.Tensor, stages: int,
+                 pre_logits: bool = False) -> torch.Tensor:
+    """The rest of timm's EfficientNet forward after `forward_trunk(..., stages)`."""
+    x = trunk_out if stages else model.bn1(model.conv_stem(trunk_out))
+    x = model.bn2(model.conv_head(model.blocks[stages:](x)))
+    return model.forward_head(x, pre_logits=pre_logits)

@@ -61,6 +61,9 @@ class OptimConfig(_Section):
     freeze_bn: bool = Field(True, description=(
         "BatchNorm keeps its ImageNet statistics (affine still learns): batch statistics of "
         "small batches shift the features so far that a probed head starts from chance"))
+    cached_views: int = Field(0, ge=0, description=(
+        "precompute the frozen trunk's output for this many views per image (the first "
+        "unaugmented) and train only the rest on them; 0: augment every step"))
     patience: int = Field(5, ge=1, description="epochs without val improvement before stopping")
     max_steps_per_epoch: int | None = Field(None, ge=1, description="cap, for smoke runs")
 

@@ -17,6 +17,7 @@ import json
 import math
 import random
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -33,7 +34,7 @@ from tqdm import tqdm
 
 from scrapvision.datasets import Sample, class_names, fingerprint, load_samples, write_split
 from scrapvision.registry import write_json_atomic
-from scrapvision.training.backbones import create_model
+from scrapvision.training.backbones import create_model, forward_rest, forward_trunk
 from scrapvision.training.config import TrainConfig, dump_config, load_config
 from scrapvision.training.data import (
     CachedImages, build_augmentation, decode_all, label_tensor, normalise,
@@ -151,8 +152,11 @@ class Trainer:
                  val_labels: torch.Tensor, progress: bool) -> None:
         self.config, self.opt = config, config.optim
         self.run_dir, self.model, self.frozen = run_dir, model, frozen
-        self.train_set, self.val_images, self.val_labels = train_set, val_images, val_labels
-        self.progress = progress
+        self.stages = self.opt.freeze_stages
+        self.train_set, self.val_labels, self.progress = train_set, val_labels, progress
+        # The frozen trunk never changes: its output is computed once, not every epoch.
+        self.val_inputs = self._trunk(val_images, "val trunk")
+        self.train_views = self._cache_views() if self.opt.cached_views else None
         self.steps_per_epoch = math.ceil(len(train_set) / self.opt.batch_size)
         if self.opt.max_steps_per_epoch:
             self.steps_per_epoch = min(self.steps_per_epoch, self.opt.max_steps_per_epoch)
@@ -222,9 +226,37 @@ class Trainer:
         if self.bad_epochs >= self.opt.patience:
             tqdm.write(f"early stop: no val improvement in {self.opt.patience} epochs")
 
+    @torch.no_grad()
+    def _trunk(self, images: torch.Tensor, description: str = "trunk") -> torch.Tensor:
+        """Frozen-trunk output for uint8 images, in batches, stored as float16."""
+        self.model.eval()
+        chunks = [forward_trunk(self.model, self._prepare(batch), self.stages).half()
+                  for batch in tqdm(images.split(EVAL_BATCH), desc=description,
+                                    disable=not self.progress, leave=False)]
+        return torch.cat(chunks)
+
+    def _cache_views(self) -> torch.Tensor:
+        """(views, N, ...) trunk outputs: view 0 unaugmented, the others augmented.
+
+        Each epoch then picks one view per image and runs only the trainable rest of the
+        network: with the expensive full-resolution stages frozen, an epoch costs a fraction
+        of a full pass, at the price of a fixed set of augmentations.
+        """
+        if self.stages == 0:
+            raise TrainingError("cached_views needs freeze_stages > 0 (a frozen trunk to cache)")
+        torch.manual_seed(self.config.seed)
+        augment = self.train_set.transform
+        views = [self._trunk(self.train_set.images, "trunk view 1")]
+        for view in range(1, self.opt.cached_views):
+            augmented = torch.stack([augment(image) for image in self.train_set.images])
+            views.append(self._trunk(augmented, f"trunk view {view + 1}"))
+        return torch.stack(views)
+
     def _fit_probe(self) -> None:
         """Train only the new head on frozen, unaugmented features (a linear probe)."""
-        train_features = self._features(self.train_set.images)
+        clean = (self.train_views[0] if self.train_views is not None
+                 else self._trunk(self.train_set.images))
+        train_features = self._features(clean)
         labels = self.train_set.labels
         head = self.model.get_classifier()
         optimizer = torch.optim.AdamW(head.parameters(), lr=self.opt.probe_lr,
@@ -241,13 +273,30 @@ class Trainer:
         tqdm.write(f"probe: val acc {score.accuracy:.4f} loss {score.loss:.3f}")
 
     @torch.no_grad()
-    def _features(self, images: torch.Tensor) -> torch.Tensor:
+    def _features(self, trunk_out: torch.Tensor) -> torch.Tensor:
         self.model.eval()
-        chunks = [self.model.forward_head(self.model.forward_features(self._prepare(batch)),
-                                          pre_logits=True)
-                  for batch in tqdm(images.split(EVAL_BATCH), desc="features",
-                                    disable=not self.progress, leave=False)]
-        return torch.cat(chunks)
+        return torch.cat([forward_rest(self.model, self._as_input(batch), self.stages,
+                                       pre_logits=True)
+                          for batch in trunk_out.split(EVAL_BATCH)])
+
+    def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(trunk output, labels) per step: from the cached views, or augmented on the fly."""
+        torch.manual_seed(self.config.seed * 10_000 + self.epoch)  # resumable augmentation
+        generator = torch.Generator().manual_seed(self.config.seed + self.epoch)
+        labels = self.train_set.labels
+        if self.train_views is not None:
+            order = torch.randperm(len(labels), generator=generator)
+            views = torch.randint(len(self.train_views), (len(labels),), generator=generator)
+            for batch in order.split(self.opt.batch_size):
+                yield self._as_input(self.train_views[views[batch], batch]), labels[batch]
+            return
+        loader = DataLoader(self.train_set, batch_size=self.opt.batch_size, shuffle=True,
+                            drop_last=len(self.train_set) > self.opt.batch_size,
+                            generator=generator)
+        for images, batch_labels in loader:
+            with torch.no_grad():
+                trunk_out = forward_trunk(self.model, self._prepare(images), self.stages)
+            yield trunk_out, batch_labels
 
     def _train_epoch(self) -> tuple[float, float]:
         self.model.train()
@@ -257,17 +306,13 @@ class Trainer:
             for module in self.model.modules():
                 if isinstance(module, nn.modules.batchnorm._BatchNorm):
                     module.eval()
-        torch.manual_seed(self.config.seed * 10_000 + self.epoch)  # resumable augmentation
-        loader = DataLoader(self.train_set, batch_size=self.opt.batch_size, shuffle=True,
-                            drop_last=len(self.train_set) > self.opt.batch_size,
-                            generator=torch.Generator().manual_seed(self.config.seed + self.epoch))
         total_loss, correct, seen = 0.0, 0, 0
-        bar = tqdm(loader, total=self.steps_per_epoch, desc=f"epoch {self.epoch + 1}",
+        bar = tqdm(self._batches(), total=self.steps_per_epoch, desc=f"epoch {self.epoch + 1}",
                    disable=not self.progress, leave=False)
-        for index, (images, labels) in enumerate(bar):
+        for index, (inputs, labels) in enumerate(bar):
             if index >= self.steps_per_epoch:
                 break
-            logits = self.model(self._prepare(images))
+            logits = forward_rest(self.model, inputs, self.stages)
             loss = self.criterion(logits, labels)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -285,8 +330,8 @@ class Trainer:
     @torch.no_grad()
     def _validate(self, model: nn.Module) -> Score:
         model.eval()
-        logits = torch.cat([model(self._prepare(batch))
-                            for batch in self.val_images.split(EVAL_BATCH)])
+        logits = torch.cat([forward_rest(model, self._as_input(batch), self.stages)
+                            for batch in self.val_inputs.split(EVAL_BATCH)])
         loss = nn.functional.cross_entropy(logits, self.val_labels).item()
         accuracy = (logits.argmax(1) == self.val_labels).float().mean().item()
         return Score(accuracy=accuracy, loss=loss)
@@ -294,6 +339,10 @@ class Trainer:
     @staticmethod
     def _prepare(images: torch.Tensor) -> torch.Tensor:
         return normalise(images).contiguous(memory_format=torch.channels_last)
+
+    @staticmethod
+    def _as_input(trunk_out: torch.Tensor) -> torch.Tensor:
+        return trunk_out.float().contiguous(memory_format=torch.channels_last)
 
     def _save_best(self, source: str, score: Score) -> None:
         weights = (self.ema.module if source == "ema" else self.model).state_dict()
