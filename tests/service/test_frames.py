@@ -136,9 +136,9 @@ def _bomb_png(width: int, height: int) -> bytes:
     (colour_frame("red"), {"Content-Type": "text/plain"}, 415, "Content-Type"),
     (b"\xff\xd8\xff" + b"\0" * 20_000, {}, 413, "exceeds"),
     (_bomb_png(16_000, 16_000), {}, 413, "exceeds the limit"),
-    (colour_frame("red"), {"X-Capture-Time": "yesterday"}, 422, "x-capture-time"),
-    (colour_frame("red"), {"X-Frame-Id": "has space"}, 422, "x-frame-id"),
-    (colour_frame("red"), {"X-Capture-Time": "nan"}, 422, "x-capture-time"),
+    (colour_frame("red"), {"X-Capture-Time": "yesterday"}, 422, "capture_time"),
+    (colour_frame("red"), {"X-Frame-Id": "has space"}, 422, "frame_id"),
+    (colour_frame("red"), {"X-Capture-Time": "nan"}, 422, "capture_time"),
 ])
 def test_bad_input_gets_a_clear_4xx(make_client, audit: RecordingAudit, body: bytes,
                                     headers: dict[str, str], status: int, message: str) -> None:

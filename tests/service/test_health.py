@@ -62,5 +62,6 @@ def test_openapi_documents_binary_frame_bodies(client: TestClient) -> None:
     frames = schema["paths"]["/v1/lines/{line}/frames"]["post"]
     assert set(frames["requestBody"]["content"]) == {
         "image/jpeg", "image/png", "application/octet-stream"}
-    assert {p["name"] for p in frames["parameters"]} >= {"x-frame-id", "x-capture-time"}
+    assert {(p["name"], p["in"]) for p in frames["parameters"]} >= {
+        ("X-Frame-Id", "header"), ("X-Capture-Time", "header"), ("capture_time", "query")}
     assert client.get("/docs").status_code == 200

@@ -57,11 +57,12 @@ def require_role(role: Role) -> Callable[..., str | None]:
     """FastAPI dependency: the request must carry a key of `role` (or admin).
 
     Works for HTTP routes and WebSockets (header, or `?api_key=` for browsers); returns the
-    role that was granted, or None when the service has no keys configured.
+    role that was granted, or None when the service has no keys configured. `async` although
+    it never awaits: FastAPI runs sync dependencies in a thread pool, a hop per request.
     """
 
-    def check(connection: HTTPConnection,
-              header_key: str | None = Security(_api_key_header)) -> str | None:
+    async def check(connection: HTTPConnection,
+                    header_key: str | None = Security(_api_key_header)) -> str | None:
         keyring: KeyRing = connection.app.state.keyring
         if keyring.open:
             return None

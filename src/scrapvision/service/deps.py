@@ -8,7 +8,7 @@ from starlette.requests import HTTPConnection
 from scrapvision.service.lines import Line
 
 
-def get_line(line: str, connection: HTTPConnection) -> Line:
+async def get_line(line: str, connection: HTTPConnection) -> Line:
     """The configured line named in the path; 404 (or WS close 1008) when there is none."""
     found = connection.app.state.lines.get(line)
     if found is None:

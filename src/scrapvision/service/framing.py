@@ -64,6 +64,42 @@ def parse_meta_json(data: bytes | str) -> FrameMeta:
         raise HTTPException(422, detail=f"bad frame metadata: {_summary(exc)}") from None
 
 
+META_FIELDS = tuple(FrameMetaIn.model_fields)
+META_HEADERS = {name: "X-" + "-".join(p.capitalize() for p in name.split("_"))
+                for name in META_FIELDS}  # frame_id -> X-Frame-Id
+
+
+def meta_from_request(request: Request) -> FrameMeta:
+    """Metadata from `X-Frame-Id`-style headers, else the same names as query parameters.
+
+    Parsed with the one `FrameMetaIn` model rather than as eight FastAPI parameters, which
+    cost a third of a millisecond per frame; `META_PARAMETERS` documents them in OpenAPI.
+    """
+    headers, query = request.headers, request.query_params
+    values = {}
+    for name, header in META_HEADERS.items():
+        value = headers.get(header)
+        if value is None:
+            value = query.get(name)
+        if value is not None:
+            values[name] = value
+    try:
+        return FrameMetaIn.model_validate(values).to_meta()
+    except ValidationError as exc:
+        raise HTTPException(
+            422, detail=f"bad frame metadata (headers X-..., or query): {_summary(exc)}") from None
+
+
+def _meta_parameters() -> list[dict[str, object]]:
+    properties = FrameMetaIn.model_json_schema()["properties"]
+    return [{"name": name, "in": place, "required": False, "schema": properties[field]}
+            for field in META_FIELDS
+            for place, name in (("header", META_HEADERS[field]), ("query", field))]
+
+
+META_PARAMETERS = _meta_parameters()
+
+
 def split_batch(body: bytes, max_frames: int) -> list[tuple[FrameMeta, bytes]]:
     """Split a batch body into (metadata, frame) pairs; HTTPException(400/413/422) if malformed."""
     view = memoryview(body)

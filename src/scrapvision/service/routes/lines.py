@@ -6,7 +6,7 @@ import json
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 
 from scrapvision.decode import DecodeError
 from scrapvision.records import DecisionRecord
@@ -16,11 +16,9 @@ from scrapvision.service.deps import get_line
 from scrapvision.service.framing import (
     BATCH_MEDIA_TYPE,
     FRAME_MEDIA_TYPES,
-    BeltPosition,
-    Identifier,
-    UnixTime,
+    META_PARAMETERS,
     check_media_type,
-    new_frame_id,
+    meta_from_request,
     split_batch,
 )
 from scrapvision.service.lines import FrameMeta, Line
@@ -30,7 +28,8 @@ router = APIRouter(prefix="/v1/lines", tags=["lines"])
 RETRY_AFTER = {"Retry-After": "1"}
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
 _FRAME_BODY = {"requestBody": {"required": True, "content": {
-    "image/jpeg": _BINARY, "image/png": _BINARY, "application/octet-stream": _BINARY}}}
+    "image/jpeg": _BINARY, "image/png": _BINARY, "application/octet-stream": _BINARY}},
+    "parameters": META_PARAMETERS}
 _BATCH_BODY = {"requestBody": {"required": True, "content": {BATCH_MEDIA_TYPE: _BINARY}}}
 _ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"description": "unknown line"},
@@ -39,25 +38,6 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     422: {"description": "bad frame metadata"},
     503: {"description": "line saturated or model not loaded; retry after Retry-After"},
 }
-
-
-def frame_meta(
-    x_frame_id: Annotated[Identifier | None, Header()] = None,
-    x_capture_time: Annotated[UnixTime | None, Header()] = None,
-    x_belt_position: Annotated[BeltPosition | None, Header()] = None,
-    x_item_id: Annotated[Identifier | None, Header()] = None,
-    frame_id: Annotated[Identifier | None, Query()] = None,
-    capture_time: Annotated[UnixTime | None, Query()] = None,
-    belt_position: Annotated[BeltPosition | None, Query()] = None,
-    item_id: Annotated[Identifier | None, Query()] = None,
-) -> FrameMeta:
-    """Frame metadata from `X-...` headers, or the same names as query parameters."""
-    return FrameMeta(
-        frame_id=x_frame_id or frame_id or new_frame_id(),
-        capture_time=x_capture_time if x_capture_time is not None else capture_time,
-        belt_position=x_belt_position if x_belt_position is not None else belt_position,
-        item_id=x_item_id or item_id,
-    )
 
 
 def json_response(content: Any, status_code: int = 200,
@@ -80,11 +60,7 @@ async def list_lines(request: Request) -> list[dict[str, Any]]:
     responses={200: {"model": DecisionRecord, "description": "the decision (or 'late')"},
                **_ERRORS},
 )
-async def post_frame(
-    request: Request,
-    line: Annotated[Line, Depends(get_line)],
-    meta: Annotated[FrameMeta, Depends(frame_meta)],
-) -> Response:
+async def post_frame(request: Request, line: Annotated[Line, Depends(get_line)]) -> Response:
     """Decide one frame: the body is the JPEG/PNG bytes, metadata in headers or query.
 
     A frame whose fire time (capture time + line deadline) passed before inference could
@@ -92,6 +68,7 @@ async def post_frame(
     full the answer is 503 with Retry-After and the refused frame's record.
     """
     received = time.time()
+    meta = meta_from_request(request)
     check_media_type(request, FRAME_MEDIA_TYPES)
     frame = await request.body()  # size already limited by BodyLimitMiddleware
     try:
