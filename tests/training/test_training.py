@@ -39,6 +39,7 @@ def test_run_folder_has_everything(trained_run: Path, colour_data: Path) -> None
     assert run["classes"] == ["blue", "green", "red"]
     assert run["counts"] == {"train": 24, "val": 9, "test": 9}
     assert run["best"]["weights"] in ("model", "ema")
+    assert 0 <= run["best"]["val_acc_flip_tta"] <= 1
     metrics = json.loads((trained_run / "metrics.json").read_text())
     assert [row["epoch"] for row in metrics] == [1]
     assert metrics[0]["ema_val_acc"] is not None

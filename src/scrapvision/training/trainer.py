@@ -12,6 +12,7 @@ and EMA of weights; early stopping on val accuracy. A run folder holds:
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import math
@@ -155,6 +156,7 @@ class Trainer:
         self.stages = self.opt.freeze_stages
         self.train_set, self.val_labels, self.progress = train_set, val_labels, progress
         # The frozen trunk never changes: its output is computed once, not every epoch.
+        self.val_images = val_images
         self.val_inputs = self._trunk(val_images, "val trunk")
         self.train_views = self._cache_views() if self.opt.cached_views else None
         self.steps_per_epoch = math.ceil(len(train_set) / self.opt.batch_size)
@@ -225,6 +227,27 @@ class Trainer:
                        + f" | best {self.best.accuracy:.4f} | {row['seconds']}s")
         if self.bad_epochs >= self.opt.patience:
             tqdm.write(f"early stop: no val improvement in {self.opt.patience} epochs")
+        self._measure_flip_tta()
+
+    @torch.no_grad()
+    def _measure_flip_tta(self) -> None:
+        """Val accuracy of the best weights with logits averaged over the horizontal mirror.
+
+        Recorded in run.json so `model.tta_flip` (baked into the export) is chosen on val.
+        """
+        best = copy.deepcopy(self.model)
+        best.load_state_dict(torch.load(self.run_dir / BEST_CHECKPOINT, weights_only=True)["model"])
+        best.eval()
+        plain = torch.cat([forward_rest(best, self._as_input(batch), self.stages)
+                           for batch in self.val_inputs.split(EVAL_BATCH)])
+        mirrored = torch.cat([best(self._prepare(batch.flip(3)))
+                              for batch in self.val_images.split(EVAL_BATCH)])
+        run = json.loads((self.run_dir / RUN_FILE).read_text())
+        for key, logits in (("val_acc", plain), ("val_acc_flip_tta", plain + mirrored)):
+            run["best"][key] = (logits.argmax(1) == self.val_labels).float().mean().item()
+        write_json_atomic(self.run_dir / RUN_FILE, run)
+        tqdm.write(f"best epoch {run['best']['epoch']}: val acc {run['best']['val_acc']:.4f}, "
+                   f"with flip TTA {run['best']['val_acc_flip_tta']:.4f}")
 
     @torch.no_grad()
     def _trunk(self, images: torch.Tensor, description: str = "trunk") -> torch.Tensor:
