@@ -8,6 +8,7 @@ answer, in order; the socket stays open and decides the next good frame correctl
 
 from __future__ import annotations
 
+import itertools
 import json
 import struct
 from collections.abc import Callable
@@ -66,8 +67,10 @@ def test_any_batch_gets_a_4xx_or_one_answer_per_frame(client: TestClient, count_
                                                       parts: list[tuple[bytes, bytes]],
                                                       cut: int | None) -> None:
     body = envelope(parts)
-    if cut is not None:
+    if cut is not None:  # a cut on a frame boundary leaves a shorter, valid batch
         body = body[: cut % (len(body) + 1)]
+    ends = list(itertools.accumulate(len(envelope([part])) for part in parts))
+    whole = [part for part, end in zip(parts, ends) if end <= len(body)]
     response = client.post("/v1/lines/tiny/batch", content=body,
                            headers={"Content-Type": BATCH_MEDIA_TYPE})
     count_case(f"{response.status_code}")
@@ -75,8 +78,8 @@ def test_any_batch_gets_a_4xx_or_one_answer_per_frame(client: TestClient, count_
         assert response.status_code in CLIENT_ERRORS, response.text
         return
     decisions = response.json()["decisions"]
-    assert len(decisions) == len(parts)
-    for (meta, frame), answer in zip(parts, decisions):
+    assert len(body) in ends and len(decisions) == len(whole)
+    for (_, frame), answer in zip(whole, decisions):
         if frame in GOOD_FRAMES.values():  # decided, or 'late' for an old capture_time
             assert answer["action"] == "late" or answer["class_name"] == next(
                 colour for colour, good in GOOD_FRAMES.items() if good == frame), answer
