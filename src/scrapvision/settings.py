@@ -138,7 +138,8 @@ class Settings(BaseSettings):
     )
     max_frame_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     max_batch_frames: int = Field(64, ge=1)
-    max_json_bytes: int = Field(1024 * 1024, ge=1024, description="limit of other bodies")
+    max_json_bytes: int = Field(
+        64 * 1024, ge=1024, description="limit of other (JSON) bodies: model loads, reviews")
     max_pixels: int = Field(40_000_000, ge=1)
     model_poll_s: float = Field(
         1.0, gt=0, description="how often workers check active.json for a promoted version"

@@ -27,9 +27,6 @@ from scrapvision.service.sink import AuditSink, DecisionSink
 from scrapvision.settings import LineSettings, Settings, load_settings
 
 log = logging.getLogger(__name__)
-# JSON bodies (model loads, reviews) are a few hundred bytes; without a cap FastAPI would
-# buffer and parse any size. Frame routes have their own limits (`max_frame_bytes`).
-JSON_BODY_LIMIT = 64 * 1024
 
 
 def configured_lines(settings: Settings, registry: ModelRegistry) -> dict[str, LineSettings]:
@@ -88,13 +85,13 @@ def create_app(settings: Settings | None = None, audit_store: AuditSink | None =
         lifespan=lifespan,
     )
     app.state.settings = settings
+    # FastAPI's own max_body_size answers a declared oversized body in plain text; ours
+    # answers JSON with the limit, like every other 4xx here.
     app.add_middleware(BodyLimitMiddleware, settings=settings)
     app.state.keyring = KeyRing(settings.api_keys)
-    for module in (lines, stream, tallies, health):
-        app.include_router(module.router)
-    app.include_router(models.router, max_body_size=JSON_BODY_LIMIT)
-    app.include_router(audit_routes.router, max_body_size=JSON_BODY_LIMIT)
-    app.include_router(audit_routes.qa_router)
+    for router in (lines.router, stream.router, tallies.router, models.router, health.router,
+                   audit_routes.router, audit_routes.qa_router):
+        app.include_router(router)
     app.add_exception_handler(DecodeError, _decode_error)
     app.add_exception_handler(LineUnavailable, _line_unavailable)
     app.add_exception_handler(RequestValidationError, _validation_error)
