@@ -132,6 +132,10 @@ class Settings(BaseSettings):
     inference_threads: int = Field(
         1, ge=1, description="threads per model and process running decode + inference"
     )
+    max_batch: int = Field(
+        1, ge=1, description="frames per onnxruntime call, from those already waiting "
+        "(1 = no micro-batching: best on small CPUs)"
+    )
     models_dir: Path = Path("models")
     lines: dict[str, LineSettings] = Field(
         default_factory=dict, description="empty: one line per registry model, named after it"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -112,3 +113,39 @@ def wait_until(condition: Callable[[], bool], timeout_s: float = 30.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout_s} s")
         time.sleep(0.01)
+
+
+class HeldInference:
+    """Holds a line's inference threads inside onnxruntime until `release()`.
+
+    `calls` records the batch size of every onnxruntime call.
+    """
+
+    def __init__(self, engine: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.gate = threading.Event()
+        self.calls: list[int] = []
+        predict = engine.predict
+
+        def held(batch: Any) -> Any:
+            self.calls.append(len(batch))
+            self.gate.wait()
+            return predict(batch)
+
+        monkeypatch.setattr(engine, "predict", held)
+
+    def release(self) -> None:
+        self.gate.set()
+
+
+@pytest.fixture
+def hold(monkeypatch: pytest.MonkeyPatch) -> Callable[[Any], HeldInference]:
+    """`hold(line)`: stop the line's model inside inference (released after the test)."""
+    held: list[HeldInference] = []
+
+    def make(line: Any) -> HeldInference:
+        held.append(HeldInference(line.slot.current.engine, monkeypatch))
+        return held[-1]
+
+    yield make
+    for each in held:
+        each.release()

@@ -82,21 +82,26 @@ def test_frame_past_its_fire_time_is_dropped_as_late(client: TestClient,
     assert 'scrapvision_decisions_total{action="late",class_name="",line="tiny"}' in metrics
 
 
-def test_full_line_answers_503_with_retry_after(make_client, audit: RecordingAudit) -> None:
+def post_in_background(client: TestClient, frame_id: str) -> tuple[threading.Thread, list]:
+    answers: list = []
+    sender = threading.Thread(target=lambda: answers.append(client.post(
+        "/v1/lines/tiny/frames", content=colour_frame("red"), headers=frame_headers(frame_id))))
+    sender.start()
+    return sender, answers
+
+
+def test_full_line_answers_503_with_retry_after(make_client, hold,
+                                                audit: RecordingAudit) -> None:
     client = make_client(lines={"tiny": LineSettings(model="tiny", deadline_ms=60_000,
                                                      max_in_flight=1)})
     line = client.app.state.lines["tiny"]
-    gate = threading.Event()
-    line.slot.executor.submit(gate.wait)  # the inference thread is busy
-    first: list = []
-    worker = threading.Thread(target=lambda: first.append(client.post(
-        "/v1/lines/tiny/frames", content=colour_frame("red"), headers=frame_headers("a"))))
-    worker.start()
-    wait_until(lambda: line.in_flight == 1)  # the first frame holds the only place
+    held = hold(line)
+    sender, first = post_in_background(client, "a")
+    wait_until(lambda: held.calls == [1])  # the first frame holds the only place
     refused = client.post("/v1/lines/tiny/frames", content=colour_frame("red"),
                           headers=frame_headers("b"))
-    gate.set()
-    worker.join()
+    held.release()
+    sender.join()
     assert refused.status_code == 503
     assert refused.headers["Retry-After"] == "1"
     assert refused.json()["action"] == "overload" and refused.json()["frame_id"] == "b"
@@ -104,22 +109,39 @@ def test_full_line_answers_503_with_retry_after(make_client, audit: RecordingAud
     assert sorted(audit.actions()) == ["eject", "overload"]
 
 
-def test_frame_that_waits_past_its_fire_time_is_not_processed(make_client,
+def test_frame_that_waits_past_its_fire_time_is_not_processed(make_client, hold,
                                                             audit: RecordingAudit) -> None:
     client = make_client(lines={"tiny": LineSettings(model="tiny", deadline_ms=500)})
     line = client.app.state.lines["tiny"]
-    gate = threading.Event()
-    line.slot.executor.submit(gate.wait)
-    result: list = []
-    worker = threading.Thread(target=lambda: result.append(client.post(
-        "/v1/lines/tiny/frames", content=colour_frame("red"), headers=frame_headers("q"))))
-    worker.start()
-    wait_until(lambda: line.in_flight == 1)
+    held = hold(line)
+    first, _ = post_in_background(client, "busy")
+    wait_until(lambda: held.calls == [1])
+    second, answer = post_in_background(client, "waits")
+    wait_until(lambda: line.slot.workers.waiting() == 1)
     time.sleep(0.6)  # the 500 ms deadline passes while the frame waits for the thread
-    gate.set()
-    worker.join()
-    assert result[0].json()["action"] == "late"
-    assert audit.actions() == ["late"]
+    held.release()
+    first.join()
+    second.join()
+    assert answer[0].json()["action"] == "late"
+    assert held.calls == [1]  # the late frame never reached onnxruntime
+    assert sorted(audit.actions()) == ["eject", "late"]
+
+
+def test_waiting_frames_are_inferred_in_one_call_with_micro_batching(make_client, hold) -> None:
+    client = make_client(max_batch=4)
+    line = client.app.state.lines["tiny"]
+    held = hold(line)
+    senders = [post_in_background(client, "first")]
+    wait_until(lambda: held.calls == [1])
+    senders += [post_in_background(client, f"b{i}") for i in range(4)]
+    wait_until(lambda: line.slot.workers.waiting() == 4)
+    held.release()
+    for sender, _ in senders:
+        sender.join()
+    assert held.calls == [1, 4]
+    answers = [answer[0].json() for _, answer in senders]
+    assert [a["class_name"] for a in answers] == ["red"] * 5
+    assert "scrapvision_inference_batch_frames_bucket" in client.get("/metrics").text
 
 
 def _bomb_png(width: int, height: int) -> bytes:

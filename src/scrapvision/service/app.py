@@ -45,7 +45,7 @@ def create_app(settings: Settings | None = None, audit_store: AuditSink | None =
         registry = ModelRegistry(settings.models_dir)
         line_settings = configured_lines(settings, registry)
         manager = ModelManager(registry, line_settings, settings.ort_threads,
-                               settings.inference_threads)
+                               settings.inference_threads, settings.max_batch)
         manager.load_all()
         store = audit_store or AuditStore(settings.audit).start()
         publisher = MqttPublisher(settings.mqtt) if settings.mqtt else None

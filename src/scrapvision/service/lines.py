@@ -1,8 +1,8 @@
 """A sorting line at run time: bounded in-flight work, deadline drops, decision records.
 
 This is the hot path. Per frame it costs: one check of the line's in-flight count, one
-executor hand-off (decode + inference + policy run in the model's inference thread, so
-the event loop stays free and OpenCV / onnxruntime run without the GIL), and one
+hand-off to the model's inference threads (decode, inference and policy run there, so the
+event loop stays free and OpenCV / onnxruntime run without the GIL), and one
 `DecisionRecord`. Nothing here logs at INFO per frame.
 """
 
@@ -12,14 +12,16 @@ import asyncio
 import threading
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
 
-from scrapvision.decode import DecodeError, decode_frame, image_format
+from scrapvision.decode import DecodeError, image_format
 from scrapvision.policy import ItemFusion, Verdict
 from scrapvision.records import DecisionRecord
 from scrapvision.service import metrics
+from scrapvision.service.inference import InferenceJob
 from scrapvision.service.models import LoadedModel, ModelSlot
 from scrapvision.service.sink import DecisionSink
 from scrapvision.settings import LineSettings
@@ -96,23 +98,19 @@ class Line:
             return self._finish(loaded, meta, frame, received, fire_time, None, "late")
         self.in_flight += 1
         self._depth.inc()
+        job = InferenceJob(loaded.engine, frame, fire_time, self.max_pixels,
+                           partial(self._conclude, loaded, meta.item_id))
         try:
-            verdict = await asyncio.get_running_loop().run_in_executor(
-                self.slot.executor, self._infer, loaded, frame, fire_time, meta.item_id)
+            verdict = await asyncio.wrap_future(self.slot.workers.submit(job))
         finally:
             self.in_flight -= 1
             self._depth.dec()
         return self._finish(loaded, meta, frame, received, fire_time, verdict,
                             "late" if verdict is None else verdict.action)
 
-    def _infer(self, loaded: LoadedModel, frame: bytes, fire_time: float,
-               item_id: str | None) -> Verdict | None:
-        """Runs in the inference thread; None when the fire time passed while queued."""
-        if time.time() > fire_time:
-            return None
-        image = decode_frame(frame, loaded.engine.input_size, loaded.info.colour_order,
-                             self.max_pixels)
-        probs = loaded.engine.predict(image[np.newaxis])[0]
+    def _conclude(self, loaded: LoadedModel, item_id: str | None,
+                  probs: np.ndarray) -> Verdict:
+        """Runs in the inference thread: fuse with the item's earlier frames, then decide."""
         if self.fusion is not None and item_id:
             with self._fusion_lock:
                 probs = self.fusion.fuse(item_id, probs)

@@ -31,6 +31,10 @@ BATCH_FRAMES = Histogram(
     "scrapvision_batch_frames", "Frames per batch request", ["line"],
     buckets=(1, 2, 4, 8, 16, 32, 64, 128),
 )
+INFERENCE_BATCH = Histogram(
+    "scrapvision_inference_batch_frames", "Frames per onnxruntime call (micro-batching)",
+    ["model"], buckets=(1, 2, 4, 8, 16, 32),
+)
 QUEUE_DEPTH = Gauge(
     "scrapvision_queue_depth", "Frames queued or in inference per line",
     ["line"], multiprocess_mode="livesum",

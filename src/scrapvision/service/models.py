@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +27,7 @@ from scrapvision.modelmeta import ModelInfo
 from scrapvision.policy import SortPolicy
 from scrapvision.registry import ModelRegistry, RegistryError
 from scrapvision.service import metrics
+from scrapvision.service.inference import InferenceWorkers
 from scrapvision.settings import LineSettings
 
 log = logging.getLogger(__name__)
@@ -50,11 +50,11 @@ class LoadedModel:
 
 @dataclass(slots=True)
 class ModelSlot:
-    """The serving state of one model name; `executor` runs its inference (one per model)."""
+    """The serving state of one model name; `workers` run its inference (one pool per model)."""
 
     name: str
     lines: dict[str, LineSettings]
-    executor: ThreadPoolExecutor
+    workers: InferenceWorkers
     current: LoadedModel | None = None
     error: str | None = None  # why the last load failed, shown in /v1/models and /readyz
     refused_version: str | None = None
@@ -62,7 +62,8 @@ class ModelSlot:
 
 class ModelManager:
     def __init__(self, registry: ModelRegistry, lines: dict[str, LineSettings],
-                 ort_threads: int = 1, inference_threads: int = 1) -> None:
+                 ort_threads: int = 1, inference_threads: int = 1,
+                 max_batch: int = 1) -> None:
         self.registry = registry
         self.ort_threads = ort_threads
         self.slots: dict[str, ModelSlot] = {}
@@ -70,9 +71,7 @@ class ModelManager:
             slot = self.slots.get(line.model)
             if slot is None:
                 slot = self.slots[line.model] = ModelSlot(
-                    line.model, {}, ThreadPoolExecutor(
-                        inference_threads, thread_name_prefix=f"infer-{line.model}"),
-                )
+                    line.model, {}, InferenceWorkers(line.model, inference_threads, max_batch))
             slot.lines[line_name] = line
         self._swap_lock = asyncio.Lock()
 
@@ -171,7 +170,7 @@ class ModelManager:
 
     def close(self) -> None:
         for slot in self.slots.values():
-            slot.executor.shutdown(wait=True, cancel_futures=True)
+            slot.workers.close()
 
     def describe(self) -> list[dict[str, Any]]:
         """`GET /v1/models`: what each worker serves, with the model card."""
