@@ -83,8 +83,8 @@ def test_any_batch_gets_a_4xx_or_one_answer_per_frame(client: TestClient, count_
         if frame in GOOD_FRAMES.values():  # decided, or 'late' for an old capture_time
             assert answer["action"] == "late" or answer["class_name"] == next(
                 colour for colour, good in GOOD_FRAMES.items() if good == frame), answer
-        else:
-            assert is_error_entry(answer), answer
+        else:  # refused; or dropped as 'late' before anyone looked past its magic bytes
+            assert is_error_entry(answer) or answer.get("action") == "late", answer
 
 
 messages = st.one_of(
