@@ -39,3 +39,14 @@ def test_log_records_become_json_objects() -> None:
     service_row = formatted("scrapvision.service", "model", version="v2")
     assert service_row["version"] == "v2" and service_row["level"] == "INFO"
     assert options["()"] == "pythonjsonlogger.json.JsonFormatter"
+
+
+def test_serving_path_never_imports_torch() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, scrapvision.cli, scrapvision.service.app, scrapvision.service.commands;"
+            "print(sorted(m for m in ('torch', 'timm', 'torchvision') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
