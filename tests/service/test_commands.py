@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
 
 from pythonjsonlogger.json import JsonFormatter
 from typer.testing import CliRunner
@@ -42,9 +44,6 @@ def test_log_records_become_json_objects() -> None:
 
 
 def test_serving_path_never_imports_torch() -> None:
-    import subprocess
-    import sys
-
     code = ("import sys, scrapvision.cli, scrapvision.service.app, scrapvision.service.commands;"
             "print(sorted(m for m in ('torch', 'timm', 'torchvision') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
