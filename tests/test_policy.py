@@ -90,3 +90,12 @@ def test_fusion_forgets_oldest_items_beyond_its_bound() -> None:
     for item in ("a", "b", "c"):
         fusion.fuse(item, probs(1.0, 0.0, 0.0), now=0.0)
     assert fusion.fuse("a", probs(0.0, 1.0, 0.0), now=0.1).tolist() == [0.0, 1.0, 0.0]
+
+
+def test_line_target_purity_must_match_the_card() -> None:
+    line = LineSettings(model="m", target_purity=0.98)
+    assert SortPolicy(line, CLASSES, CARD).describe()["copper"]["threshold"] == 0.9
+    with pytest.raises(ValueError, match="--target-purity 0.95"):
+        SortPolicy(line.model_copy(update={"target_purity": 0.95}), CLASSES, CARD)
+    with pytest.raises(ValueError, match="no card"):
+        SortPolicy(line, CLASSES, None)

@@ -55,6 +55,7 @@ class SortPolicy:
         self.top_k = min(line.top_k, len(class_names))
         sources = [line.thresholds]
         if line.use_card_thresholds:
+            _check_target_purity(line, card)
             sources.append(card_thresholds(card))
         self.thresholds = np.array(
             [_threshold(name, sources, line.min_confidence) for name in class_names],
@@ -117,6 +118,20 @@ def _threshold(name: str, sources: list[dict[str, float | None]], default: float
             value = source[name]
             return NEVER if value is None else float(value)
     return default
+
+
+def _check_target_purity(line: LineSettings, card: dict[str, Any] | None) -> None:
+    """Thresholds for another purity than the line asks for would sort silently wrong."""
+    if line.target_purity is None:
+        return
+    chosen_for = (card or {}).get("target_purity")
+    if chosen_for is None or not math.isclose(chosen_for, line.target_purity):
+        found = ("the model has no card" if card is None
+                 else f"its card's thresholds are for {chosen_for} purity")
+        raise ValueError(
+            f"line wants bins of {line.target_purity} purity but {found}: run "
+            f"`scrapvision evaluate --target-purity {line.target_purity}` on the model"
+        )
 
 
 def _check_class_names(line: LineSettings, class_names: list[str]) -> None:

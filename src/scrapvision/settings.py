@@ -63,6 +63,11 @@ class LineSettings(BaseModel):
     use_card_thresholds: bool = Field(
         True, description="take per-class thresholds from the model's card.json"
     )
+    target_purity: float | None = Field(
+        None, gt=0, le=1,
+        description="bin purity the card's thresholds must have been chosen for; a model "
+        "whose card says otherwise (or has no card) is refused for this line",
+    )
     min_confidence: float = Field(
         DEFAULT_MIN_CONFIDENCE, ge=0, le=1,
         description="threshold for classes with neither a configured nor a card threshold",
