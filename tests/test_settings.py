@@ -86,4 +86,5 @@ def test_readme_configuration_example_is_valid(tmp_path: Path) -> None:
     settings = load_settings(config)
     line = settings.lines["ewaste-line-1"]
     assert line.effective_deadline_ms == pytest.approx(80.0)
+    assert line.bins is not None and line.bins["Keyboard"] is None
     assert line.fusion is not None and settings.api_keys[0].role == "frames"
