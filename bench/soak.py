@@ -34,7 +34,14 @@ import uvloop
 
 from bench.common import FRAMES, OUT, default_model, latency_summary, load_frames, machine_info
 from bench.load import TRANSPORTS, Outcome, Stream, Tally, closed_loop, fixed_rate, send_and_wait
-from bench.run_all import DEADLINE_LINES, bench_registry, free_port, serve_config, started
+from bench.run_all import (
+    DEADLINE_LINES,
+    ServeLayout,
+    bench_registry,
+    free_port,
+    serve_config,
+    started,
+)
 
 WARMUP_SHARE = 0.1  # growth is measured from the end of the first tenth of the run
 SETTLE_S = 1.0  # a window is summed this long after it closes, so its answers are in
@@ -193,8 +200,9 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
     folder = args.out.parent / "soak"
     info = bench_registry(args.model, folder / "models")
     port = free_port()
-    config = serve_config(folder, folder / "models", info.name, port, args.workers, 1,
-                          args.deadline_ms, args.streams)
+    config = serve_config(folder, folder / "models", info.name, port,
+                          ServeLayout(workers=args.workers, ort_threads=1), args.deadline_ms,
+                          args.streams)
     command = [sys.executable, "-m", "scrapvision", "serve", "--config", str(config)]
     frames = load_frames(args.frames, limit=64)
     rate = args.rate or None
