@@ -273,6 +273,13 @@ def test_no_path_traversal_through_qa_static(keyed: TestClient, name: str) -> No
     assert b"import" not in response.content
 
 
+@pytest.mark.parametrize("name", ["..%2F..%2Fetc", "%2e%2e", ".hidden", "tiny%2F..%2Ftiny"])
+def test_no_path_traversal_through_model_names(keyed: TestClient, name: str) -> None:
+    headers = {"X-API-Key": KEYS["admin"]}
+    for action in ("load", "rollback"):
+        assert keyed.post(f"/v1/models/{name}/{action}", headers=headers).status_code == 404
+
+
 def test_export_file_name_is_the_servers_not_the_clients(keyed: TestClient) -> None:
     response = keyed.get("/v1/audit/decisions", params={"format": "csv", "line": "../../x"},
                          headers={"X-API-Key": KEYS["qa"]})
