@@ -24,10 +24,14 @@ from scrapvision.service.auth import hash_key
 from scrapvision.settings import CONFIG_ENV, ApiKey, LineSettings, Settings
 
 SLOW = os.environ.get("SCRAPVISION_SLOW") == "1"
+WAIT_S = 60.0  # generous: a loaded CI box must not fail a test that only waits
+KEYS = {"frames": "frames-secret", "qa": "qa-secret", "admin": "admin-secret"}
 CASES: Counter[str] = Counter()
 
 
-WAIT_S = 60.0  # generous: a loaded CI box must not fail a test that only waits
+def examples(fast: int, slow: int) -> int:
+    """`max_examples` for a fuzz test: quick by default, many more with SCRAPVISION_SLOW=1."""
+    return slow if SLOW else fast
 
 
 def wait_for(condition: Callable[[], Any], what: str) -> Any:
@@ -40,13 +44,8 @@ def wait_for(condition: Callable[[], Any], what: str) -> Any:
     return result
 
 
-def examples(fast: int, slow: int) -> int:
-    """Hypothesis/schemathesis `max_examples`: a quick default run, many more with SCRAPVISION_SLOW=1."""
-    return slow if SLOW else fast
-
-
 @pytest.fixture
-def count_case(request: pytest.FixtureRequest):
+def count_case(request: pytest.FixtureRequest) -> Callable[[str | None], None]:
     """Call once per generated case, optionally with its outcome; tallied under the test's name."""
     name = request.node.originalname
 
@@ -63,9 +62,6 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.write_sep("-", "reliability cases")
         for name, number in sorted(CASES.items()):
             terminalreporter.write_line(f"{name}: {number} cases")
-
-
-KEYS = {"frames": "frames-secret", "qa": "qa-secret", "admin": "admin-secret"}
 
 
 @pytest.fixture(autouse=True)

@@ -75,6 +75,9 @@ def _set_dimensions(data: bytearray, width: int, height: int) -> None:
             return
 
 
+SIDES = st.sampled_from([0, 1, 60_000, 65_535, 2**31, 2**32 - 1]) | st.integers(0, 70_000)
+
+
 @st.composite
 def mutated_frames(draw: st.DrawFn) -> bytes:
     """A valid seed after a few bit flips, byte edits, cuts, insertions, splices with
@@ -100,8 +103,7 @@ def mutated_frames(draw: st.DrawFn) -> bytes:
             other = draw(st.sampled_from(SEEDS))
             data = data[:at] + other[draw(st.integers(0, len(other) - 1)):]
         elif operation == "dimensions":
-            side = st.sampled_from([0, 1, 65_535, 60_000, 2**31, 2**32 - 1]) | st.integers(0, 70_000)
-            _set_dimensions(data, draw(side), draw(side))
+            _set_dimensions(data, draw(SIDES), draw(SIDES))
     return bytes(data)
 
 
