@@ -8,10 +8,12 @@ Reliability figures quote them, so they must come from the run, not from setting
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
+from glob import glob
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,8 @@ from scrapvision.audit.settings import AuditSettings
 from scrapvision.service.app import create_app
 from scrapvision.service.auth import hash_key
 from scrapvision.settings import CONFIG_ENV, ApiKey, LineSettings, Settings
+
+from .postgres import PrivatePostgres
 
 SLOW = os.environ.get("SCRAPVISION_SLOW") == "1"
 WAIT_S = 60.0  # generous: a loaded CI box must not fail a test that only waits
@@ -100,3 +104,20 @@ def make_client(make_settings: Callable[..., Settings]) -> Iterator[Callable[...
     with ExitStack() as started:
         yield lambda **settings: started.enter_context(
             TestClient(create_app(make_settings(**settings))))
+
+
+@pytest.fixture
+def private_postgres() -> Iterator[PrivatePostgres]:
+    """A throw-away PostgreSQL cluster, started; removed after the test."""
+    found = sorted(glob("/usr/lib/postgresql/*/bin/initdb"))
+    if not found:
+        pytest.skip("no PostgreSQL server binaries (initdb) under /usr/lib/postgresql/*/bin")
+    if os.geteuid() == 0 and shutil.which("runuser") is None:
+        pytest.skip("running as root without runuser: initdb refuses to run as root")
+    server = PrivatePostgres(Path(found[-1]).parent)
+    try:
+        server.init()
+        server.start()
+        yield server
+    finally:
+        server.remove()

@@ -1,6 +1,7 @@
 """kill -9 of a whole multi-worker `scrapvision serve` (master and workers, as a power cut
-or the OOM killer would) while two cameras stream: after a restart the store opens cleanly
-and every decision acknowledged more than the documented 200 ms before the kill is there.
+or the OOM killer would) while two cameras stream: after a restart the store (SQLite, or a
+private PostgreSQL) opens cleanly and every decision acknowledged more than the documented
+200 ms before the kill is there.
 
 tests/audit/test_serve_crash.py covers one worker with a 2 s margin; this one is the
 default deployment (2 worker processes writing one SQLite file) held to the documented
@@ -14,6 +15,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 import yaml
 from sqlalchemy import create_engine, text
 from tinymodel import colour_frame
@@ -48,16 +50,23 @@ class Camera(threading.Thread):
                     self.acknowledged.append((frame_id, time.monotonic()))
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def audit_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The store the killed service writes: a SQLite file, or a private PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'audit.db'}"
+    return request.getfixturevalue("private_postgres").url
+
+
 def test_kill_9_of_every_serve_process_keeps_decisions_older_than_the_window(
-        models_dir: Path, tmp_path: Path) -> None:
+        models_dir: Path, tmp_path: Path, audit_url: str) -> None:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    database = tmp_path / "audit.db"
     config = tmp_path / "serve.yaml"
     config.write_text(yaml.safe_dump({
         "port": port, "workers": 2, "models_dir": str(models_dir), "log_level": "warning",
         "lines": {"tiny": {"model": "tiny", "deadline_ms": 60_000}},
-        "audit": {"url": f"sqlite:///{database}", "frames_dir": str(tmp_path / "frames"),
+        "audit": {"url": audit_url, "frames_dir": str(tmp_path / "frames"),
                   "commit_interval_ms": COMMIT_INTERVAL_MS},
     }))
     server = start_serve(config, base)
@@ -81,17 +90,18 @@ def test_kill_9_of_every_serve_process_keeps_decisions_older_than_the_window(
         assert httpx.get(f"{base}/readyz").status_code == 200
     finally:
         kill_group(server)
-    engine = create_engine(f"sqlite:///{database}")
+    engine = create_engine(audit_url)
     try:
         with engine.connect() as connection:
-            assert connection.exec_driver_sql("PRAGMA integrity_check").scalar() == "ok"
+            if engine.dialect.name == "sqlite":
+                assert connection.exec_driver_sql("PRAGMA integrity_check").scalar() == "ok"
             stored = set(connection.scalars(text("SELECT frame_id FROM audit_decisions")))
     finally:
         engine.dispose()
 
     lost = {frame_id: killed_at - at for frame_id, at in acknowledged.items()
             if frame_id not in stored}
-    print(f"\ncrash: {len(acknowledged)} decisions acknowledged, {len(lost)} lost, "
-          f"oldest lost acknowledged {max(lost.values(), default=0) * 1000:.0f} ms "
-          "before the kill")
+    print(f"\ncrash ({engine.dialect.name}): {len(acknowledged)} decisions acknowledged, "
+          f"{len(lost)} lost, oldest lost acknowledged "
+          f"{max(lost.values(), default=0) * 1000:.0f} ms before the kill")
     assert must_survive <= stored

@@ -11,13 +11,8 @@ worker promotes it in the registry behind the service's back.
 
 from __future__ import annotations
 
-import os
-import shutil
 import sqlite3
-import subprocess
-import tempfile
-from collections.abc import Callable, Iterator
-from glob import glob
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +24,7 @@ from tinymodel import build_tiny_model, colour_frame
 from scrapvision.registry import ModelRegistry
 
 from .conftest import wait_for
-from .serving import free_port
+from .postgres import PrivatePostgres
 
 BUFFER = 30  # audit max_buffered in these tests
 
@@ -97,60 +92,6 @@ def test_sqlite_locked_by_another_connection(make_client, tmp_path: Path) -> Non
         holder.close()
     with sqlite3.connect(database) as check:
         assert check.execute("PRAGMA integrity_check").fetchone() == ("ok",)
-
-
-class PrivatePostgres:
-    """A throw-away PostgreSQL cluster on a free port, run as the `postgres` user when we
-    are root (initdb refuses root). Never touches the shared server on 5432."""
-
-    def __init__(self, bin_dir: Path) -> None:
-        self.bin_dir = bin_dir
-        self.root = Path(tempfile.mkdtemp(prefix="scrapvision-pg-"))
-        self.data = self.root / "data"
-        self.port = free_port()
-        self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
-        self._as_user: list[str] = []
-        if os.geteuid() == 0:
-            shutil.chown(self.root, "postgres")
-            self._as_user = ["runuser", "-u", "postgres", "--"]
-
-    def _run(self, tool: str, *args: str) -> None:
-        subprocess.run([*self._as_user, str(self.bin_dir / tool), *args], check=True,
-                       capture_output=True, timeout=120)
-
-    def init(self) -> None:
-        self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres",
-                  "--no-sync", "--no-instructions")
-
-    def start(self) -> None:
-        options = (f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 "
-                   "-c fsync=off -c full_page_writes=off")
-        self._run("pg_ctl", "-D", str(self.data), "-o", options, "-l",
-                  str(self.root / "log"), "-w", "start")
-
-    def stop(self) -> None:
-        self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
-
-    def remove(self) -> None:
-        if (self.data / "postmaster.pid").exists():
-            self.stop()
-        shutil.rmtree(self.root, ignore_errors=True)
-
-
-@pytest.fixture
-def private_postgres() -> Iterator[PrivatePostgres]:
-    found = sorted(glob("/usr/lib/postgresql/*/bin/initdb"))
-    if not found:
-        pytest.skip("no PostgreSQL server binaries (initdb) under /usr/lib/postgresql/*/bin")
-    if os.geteuid() == 0 and shutil.which("runuser") is None:
-        pytest.skip("running as root without runuser: initdb refuses to run as root")
-    server = PrivatePostgres(Path(found[-1]).parent)
-    try:
-        server.init()
-        server.start()
-        yield server
-    finally:
-        server.remove()
 
 
 def test_postgresql_stopped_and_started_again(make_client,
