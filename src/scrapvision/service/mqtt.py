@@ -44,7 +44,10 @@ class MqttPublisher:
     def publish(self, record: DecisionRecord) -> None:
         payload = json.dumps(record.to_dict(), separators=(",", ":"))
         info = self.client.publish(self.topic(record.line), payload, qos=self.settings.qos)
-        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+        # Disconnected, paho keeps QoS 1/2 messages (up to max_queued) to send on reconnect
+        # and answers NO_CONN; only QoS 0 messages are dropped then.
+        queued = info.rc == mqtt.MQTT_ERR_NO_CONN and self.settings.qos > 0
+        if info.rc != mqtt.MQTT_ERR_SUCCESS and not queued:
             MQTT_NOT_PUBLISHED.labels(record.line).inc()
 
     def _on_connect(self, client: mqtt.Client, userdata: object, flags: object,
