@@ -1,4 +1,5 @@
-"""Faults while frames stream: the audit database goes away, a bad model is offered.
+"""Faults while frames stream: the audit database or the MQTT broker goes away, a bad
+model is offered.
 
 Database away (SQLite file locked by another connection; a private PostgreSQL stopped):
 decisions keep flowing, records wait in a bounded buffer and are written when the
@@ -11,20 +12,29 @@ worker promotes it in the registry behind the service's back.
 
 from __future__ import annotations
 
+import json
+import queue
+import shutil
+import socket
 import sqlite3
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import paho.mqtt.client as mqtt
 import pytest
 from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine, text
 from tinymodel import build_tiny_model, colour_frame
 
 from scrapvision.registry import ModelRegistry
+from scrapvision.settings import MqttSettings
 
-from .conftest import wait_for
+from .conftest import WAIT_S, wait_for
 from .postgres import PrivatePostgres
+from .serving import free_port
 
 BUFFER = 30  # audit max_buffered in these tests
 
@@ -100,6 +110,61 @@ def test_postgresql_stopped_and_started_again(make_client,
                                 "retry_max_s": 0.2})
     check_outage_is_bounded_and_counted(client, private_postgres.url,
                                         private_postgres.stop, private_postgres.start)
+
+
+def not_published(client: TestClient) -> float:
+    """scrapvision_mqtt_not_published_total for line 'tiny' (process-wide: compare deltas)."""
+    for family in text_string_to_metric_families(client.get("/metrics").text):
+        for sample in family.samples:
+            if sample.name == "scrapvision_mqtt_not_published_total" and (
+                    sample.labels.get("line") == "tiny"):
+                return sample.value
+    return 0.0
+
+
+@pytest.mark.parametrize(("qos", "dropped"), [(0, 30), (1, 10)])
+def test_mqtt_broker_away_costs_decisions_nothing_and_drops_are_counted(
+        make_client, qos: int, dropped: int) -> None:
+    """No broker listens on the port: every frame is still decided; QoS 1 messages wait in
+    the client (`max_queued` of them) for the broker, and each message dropped is counted
+    in /metrics (all of them at QoS 0, the 10 beyond the queue at QoS 1)."""
+    client = make_client(mqtt=MqttSettings(port=free_port(), qos=qos, max_queued=20))
+    before = not_published(client)
+    post_frames(client, "no-broker", 30)
+    assert not_published(client) - before == dropped
+
+
+def test_mqtt_messages_queued_while_the_broker_was_away_arrive_when_it_comes(
+        make_client) -> None:
+    mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    if not Path(mosquitto).is_file():
+        pytest.skip("no mosquitto binary to run a private MQTT broker")
+    port = free_port()
+    settings = MqttSettings(port=port, qos=1, max_queued=20, topic="reliability/{line}")
+    client = make_client(mqtt=settings)
+    post_frames(client, "queued", 30)
+    broker = subprocess.Popen([mosquitto, "-p", str(port)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    received: queue.Queue[bytes] = queue.Queue()
+    listener = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    listener.on_message = lambda _client, _data, message: received.put(message.payload)
+    try:
+        wait_for(lambda: _listening(port), "the private broker to listen")
+        listener.connect("127.0.0.1", port)
+        listener.subscribe("reliability/#", qos=1)
+        listener.loop_start()
+        # the service's client reconnects with backoff, then sends what it kept
+        frame_ids = [json.loads(received.get(timeout=WAIT_S))["frame_id"] for _ in range(20)]
+    finally:
+        listener.loop_stop()
+        broker.terminate()
+        broker.wait()
+    assert sorted(frame_ids) == sorted(f"queued-{n}" for n in range(20))
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
 @pytest.fixture
