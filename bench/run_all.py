@@ -53,6 +53,7 @@ from bench.inprocess import Job, copy_cost_us, measure
 from bench.load import run_load
 from scrapvision.engine import Engine
 from scrapvision.modelmeta import ModelInfo
+from scrapvision.settings import Settings
 
 DEADLINE_LINES = ("line1", "line2", "line3", "line4")
 THROUGHPUT_LINE = "bench"
@@ -92,6 +93,7 @@ class Plan:
     frame_sets: tuple[str, ...] = tuple(size_name(w, h) for w, h in ((640, 480), (1280, 720)))
     max_frames: int | None = None
     layouts: tuple[tuple[int, int], ...] = ((2, 1), (1, 2), (1, 1))  # in-process P x T
+    # the service's default layout gets the full treatment, then the alternatives
     serve_layouts: tuple[ServeLayout, ...] = (
         ServeLayout(2, 1), ServeLayout(1, 2), ServeLayout(1, 1, inference_threads=2))
     batches: tuple[int, ...] = (8,)
@@ -100,7 +102,7 @@ class Plan:
 
 QUICK = Plan(load_seconds=0.5, warmup_seconds=0.2, inprocess_seconds=0.5, deadline_seconds=1.0,
              streams=(1, 2), frame_sets=("640x480",), max_frames=5, layouts=((1, 1),),
-             serve_layouts=(ServeLayout(1, 1), ServeLayout(1, 1, 2)), batches=(2,))
+             serve_layouts=(ServeLayout(1, 1, inference_threads=2),), batches=(2,))
 
 
 @dataclass
@@ -124,6 +126,14 @@ def allocate_cpus(pin: str) -> Cpus:
                 "without halving the server, so servers, in-process workers and the load "
                 "generator share CPUs " + _cpu_list(set(cpus)) + "; the load generator's own "
                 "CPU use is reported with every number")
+
+
+def default_first(layouts: tuple[ServeLayout, ...]) -> list[ServeLayout]:
+    """`scrapvision serve`'s default layout (from its settings), then the other `layouts`."""
+    fields = Settings.model_fields
+    default = ServeLayout(fields["workers"].default, fields["ort_threads"].default,
+                          fields["inference_threads"].default)
+    return [default, *(layout for layout in layouts if layout != default)]
 
 
 def _slug(layout: ServeLayout) -> str:
@@ -393,7 +403,7 @@ def main(argv: list[str] | None = None) -> None:
                                       50 if args.quick else 200,
                                       args.frames / plan.frame_sets[0], plan.inprocess_seconds)
     results["serve"] = []
-    for index, layout in enumerate(plan.serve_layouts):
+    for index, layout in enumerate(default_first(plan.serve_layouts)):
         print(f"scrapvision serve {layout}")
         results["serve"].append(runner.serve(layout, full=index == 0))
     if plan.naive:

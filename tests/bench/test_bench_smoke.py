@@ -23,6 +23,7 @@ from bench.run_all import (
     ServeLayout,
     allocate_cpus,
     bench_registry,
+    default_first,
     free_port,
     serve_config,
     started,
@@ -126,6 +127,17 @@ def test_classify_maps_answers_to_outcomes() -> None:
     assert classify(415, None) == ("error", False)
 
 
+def test_serve_default_layout_is_measured_first() -> None:
+    from scrapvision.settings import Settings
+
+    defaults = Settings.model_fields
+    layouts = default_first((ServeLayout(1, 2), ServeLayout(9, 1)))
+    assert layouts[0] == ServeLayout(defaults["workers"].default,
+                                     defaults["ort_threads"].default,
+                                     defaults["inference_threads"].default)
+    assert layouts[1:] == [x for x in (ServeLayout(1, 2), ServeLayout(9, 1)) if x != layouts[0]]
+
+
 def test_cpu_allocation_never_overlaps_when_split() -> None:
     cpus = allocate_cpus("split")
     assert cpus.server and cpus.client and not cpus.server & cpus.client
@@ -207,7 +219,7 @@ def test_run_all_quick_writes_results(tiny_model: Path, frames: Path, tmp_path: 
     subprocess.run(command, cwd=REPO, check=True, timeout=300, capture_output=True)
     raw = json.loads((tmp_path / "out" / "results.json").read_text())
     assert {r["transport"] for r in raw["serve"][0]["loads"]} == {"http", "ws"}
-    assert [s["layout"] for s in raw["serve"]] == ["1x1", "1x1 (2 inference threads)"]
+    assert len(raw["serve"]) >= 2  # the service default first, then the alternatives
     assert len(raw["serve"][0]["deadline"]) == 2
     assert raw["inprocess"] and raw["serve"][0]["rss_mb"] > 0
     text = results.read_text()
