@@ -48,11 +48,14 @@ def render(results: dict[str, Any]) -> str:
         f"{results['throughput_line']['deadline_ms']:g} ms deadline, so frames that closed-loop "
         "streams keep queued count as throughput; the deadline scenario below uses the "
         "service defaults. Latency is measured by the client (send to answer). `client CPU` "
-        "is the load generator's own CPU use (CPU-seconds per second).",
+        "is the load generator's own CPU use (CPU-seconds per second). The last column "
+        "counts the streams' connections held by each server process mid-run: the kernel "
+        "hands a new connection to whichever worker accepts first, and a stream stays on "
+        "its worker.",
         "",
         "| contender | frames | streams | frames/s | p50 ms | p95 ms | p99 ms | late | "
-        "overload (503) | errors | client CPU |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "overload (503) | errors | client CPU | connections per server process |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
         *_load_rows(results),
         "",
         "## Decision-deadline scenario",
@@ -148,7 +151,8 @@ def _naive_row(transport: str, streams: int, frame_set: str, run: dict[str, Any]
 def _load_row(name: str, run: dict[str, Any]) -> str:
     return (f"| {name} | {run['frame_set']} | {run['streams']} | {run['fps']:.1f} | "
             f"{run['p50_ms']:.1f} | {run['p95_ms']:.1f} | {run['p99_ms']:.1f} | {run['late']} | "
-            f"{run['overload']} | {run['error']} | {run['client_cpu']:.2f} |")
+            f"{run['overload']} | {run['error']} | {run['client_cpu']:.2f} | "
+            f"{' + '.join(map(str, run.get('connections', []))) or '-'} |")
 
 
 def _load_rows(results: dict[str, Any]) -> list[str]:
@@ -158,7 +162,7 @@ def _load_rows(results: dict[str, Any]) -> list[str]:
         if limit:
             rows.append(f"| in-process limit ({limit['layout']}) | {frame_set} | - | "
                         f"{limit['fps']:.1f} | {limit['p50_ms']:.1f} | {limit['p95_ms']:.1f} | "
-                        f"{limit['p99_ms']:.1f} | - | - | - | - |")
+                        f"{limit['p99_ms']:.1f} | - | - | - | - | - |")
         for serve in results["serve"]:
             for run in serve["loads"]:
                 if run["frame_set"] == frame_set:

@@ -25,6 +25,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -161,6 +162,19 @@ class Server:
     pss_mb: float = 0.0  # the same without double-counting shared pages
     log: Path = field(default_factory=Path)
 
+    def connection_spread(self) -> list[int]:
+        """Established client connections held by each server process, most first: shows
+        whether the kernel spread the streams over the worker processes."""
+        port = int(self.url.rsplit(":", 1)[1])
+        try:
+            root = psutil.Process(self.process.pid)
+            counts = [sum(c.status == psutil.CONN_ESTABLISHED and c.laddr.port == port
+                          for c in p.net_connections(kind="tcp"))
+                      for p in (root, *root.children(recursive=True))]
+        except psutil.Error:
+            return []
+        return sorted((c for c in counts if c), reverse=True)
+
     def sample_memory(self) -> None:
         try:
             root = psutil.Process(self.process.pid)
@@ -271,13 +285,21 @@ class Runner:
                 _progress("in-process", results[-1])
         return results
 
-    def load(self, url: str, transport: str, lines: list[str], streams: int, frame_set: str,
-             seconds: float, rate: float | None = None,
+    def load(self, server: Server, transport: str, lines: list[str], streams: int,
+             frame_set: str, seconds: float, rate: float | None = None,
              deadline_ms: float | None = None) -> dict[str, Any]:
         pin_to(self.cpus.client)
-        result = uvloop.run(run_load(url, transport, lines, streams, self.frames[frame_set],
-                                     seconds, self.plan.warmup_seconds, rate, deadline_ms))
+        spread: list[list[int]] = []
+        probe = threading.Timer(self.plan.warmup_seconds + seconds / 2,
+                                lambda: spread.append(server.connection_spread()))
+        probe.start()
+        result = uvloop.run(run_load(server.url, transport, lines, streams,
+                                     self.frames[frame_set], seconds, self.plan.warmup_seconds,
+                                     rate, deadline_ms))
+        probe.join()
+        server.sample_memory()
         result["frame_set"] = frame_set
+        result["connections"] = spread[0] if spread else []
         _progress(transport, result)
         return result
 
@@ -296,16 +318,14 @@ class Runner:
             for frame_set in frame_sets:
                 for transport in ("http", "ws"):
                     for count in streams:
-                        loads.append(self.load(server.url, transport, [THROUGHPUT_LINE], count,
+                        loads.append(self.load(server, transport, [THROUGHPUT_LINE], count,
                                                frame_set, plan.load_seconds))
-                        server.sample_memory()
             if full:
                 for transport in ("ws", "http"):
                     deadline.append(self.load(
-                        server.url, transport, list(DEADLINE_LINES), len(DEADLINE_LINES),
+                        server, transport, list(DEADLINE_LINES), len(DEADLINE_LINES),
                         plan.frame_sets[0], plan.deadline_seconds, rate=plan.deadline_rate,
                         deadline_ms=plan.deadline_ms))
-                    server.sample_memory()
         return {"layout": str(layout), "ready_s": server.ready_s,
                 "rss_mb": server.rss_mb, "pss_mb": server.pss_mb, "loads": loads,
                 "deadline": deadline}
@@ -322,9 +342,8 @@ class Runner:
                      env=env) as server:
             for frame_set in self.plan.frame_sets:
                 for count in self.plan.streams:
-                    loads.append(self.load(server.url, "naive", [THROUGHPUT_LINE], count, frame_set,
-                                           self.plan.load_seconds))
-                    server.sample_memory()
+                    loads.append(self.load(server, "naive", [THROUGHPUT_LINE], count,
+                                           frame_set, self.plan.load_seconds))
         return {"ready_s": server.ready_s, "rss_mb": server.rss_mb, "pss_mb": server.pss_mb,
                 "loads": loads}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import http.client
 import importlib.util
 import json
 import subprocess
@@ -171,6 +172,16 @@ def test_load_against_the_service(tiny_server, frames: Path, transport: str) -> 
     assert tiny_server.rss_mb > 0
 
 
+def test_connection_spread_counts_open_client_connections(tiny_server) -> None:
+    connection = http.client.HTTPConnection(tiny_server.url.removeprefix("http://"))
+    connection.request("GET", "/healthz")
+    assert connection.getresponse().read()
+    try:
+        assert sum(tiny_server.connection_spread()) == 1  # kept alive, so still established
+    finally:
+        connection.close()
+
+
 def test_fixed_rate_cameras_report_share_in_time(tiny_server, frames: Path) -> None:
     frame_bytes = load_frames(frames)
     result = uvloop.run(run_load(tiny_server.url, "ws", ["line1", "line2"], 2, frame_bytes,
@@ -222,6 +233,7 @@ def test_run_all_quick_writes_results(tiny_model: Path, frames: Path, tmp_path: 
     assert len(raw["serve"]) >= 2  # the service default first, then the alternatives
     assert len(raw["serve"][0]["deadline"]) == 2
     assert raw["inprocess"] and raw["serve"][0]["rss_mb"] > 0
+    assert sum(raw["serve"][0]["loads"][-1]["connections"]) >= 1
     text = results.read_text()
     assert "## Targets" in text and "serve RSS" in text and "deadline scenario" in text
     if HAS_TORCH:
