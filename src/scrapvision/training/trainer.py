@@ -215,7 +215,7 @@ class Trainer:
             self.history.append(row)
             if score.beats(self.best):
                 self.best, self.bad_epochs = score, 0
-                self._save_best(source, score)
+                self._save_best(source, score, self.epoch + 1)
             else:
                 self.bad_epochs += 1
             self.epoch += 1
@@ -294,6 +294,9 @@ class Trainer:
                 optimizer.step()
         score = self._validate(self.model)
         tqdm.write(f"probe: val acc {score.accuracy:.4f} loss {score.loss:.3f}")
+        # Fine-tuning must beat the probe on val to replace it: on small photo sets it may not.
+        self.best = score
+        self._save_best("probe", score, epoch=0)
 
     @torch.no_grad()
     def _features(self, trunk_out: torch.Tensor) -> torch.Tensor:
@@ -367,13 +370,14 @@ class Trainer:
     def _as_input(trunk_out: torch.Tensor) -> torch.Tensor:
         return trunk_out.float().contiguous(memory_format=torch.channels_last)
 
-    def _save_best(self, source: str, score: Score) -> None:
+    def _save_best(self, source: str, score: Score, epoch: int) -> None:
+        """`source`: "model", "ema" or "probe" (epoch 0: the probed head on the ImageNet trunk)."""
         weights = (self.ema.module if source == "ema" else self.model).state_dict()
-        torch.save({"model": weights, "epoch": self.epoch + 1, "source": source,
+        torch.save({"model": weights, "epoch": epoch, "source": source,
                     "val_acc": score.accuracy, "val_loss": score.loss},
                    self.run_dir / BEST_CHECKPOINT)
         run = json.loads((self.run_dir / RUN_FILE).read_text())
-        run["best"] = {"epoch": self.epoch + 1, "weights": source,
+        run["best"] = {"epoch": epoch, "weights": source,
                        "val_acc": score.accuracy, "val_loss": score.loss}
         write_json_atomic(self.run_dir / RUN_FILE, run)
 
