@@ -4,7 +4,8 @@ Calibrates on frames of the `train` split (decoded exactly as served), writes th
 model to the gitignored `bench/out/`, and reports top-1 of both models on the `test`
 split and their in-process frames/s. The int8 model is worth shipping only if it is
 faster AND loses at most `--max-drop` points of top-1; this script never replaces a
-shipped model, it says whether to.
+shipped model, it says whether to (`scrapvision models quantize` registers one, using the
+same quantisation code, `scrapvision.quantize`).
 
     python -m bench.quantize --model models/ewaste/v1/model.onnx \
         --data ../shared/datasets/ewaste10
@@ -13,60 +14,15 @@ shipped model, it says whether to.
 from __future__ import annotations
 
 import argparse
-import random
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import numpy as np
-import onnx
-from onnxruntime.quantization import (
-    CalibrationDataReader,
-    QuantFormat,
-    QuantType,
-    quantize_static,
-)
-from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from bench.common import FRAMES, OUT, append_json, default_model
 from bench.inprocess import Job, measure
 from scrapvision.datasets import Sample, load_samples
-from scrapvision.decode import decode_frame
 from scrapvision.engine import Engine
 from scrapvision.evaluation import predict_split
-from scrapvision.modelmeta import INPUT_NAME
-
-MAX_TOP1_DROP_POINTS = 0.5
-
-
-class SplitReader(CalibrationDataReader):
-    """Feeds calibration frames one at a time, decoded the way the service decodes them."""
-
-    def __init__(self, samples: list[Sample], size: tuple[int, int], colour_order: str):
-        self._batches: Iterator[dict[str, np.ndarray]] = (
-            {INPUT_NAME: decode_frame(s.path.read_bytes(), size, colour_order)[np.newaxis]}
-            for s in samples
-        )
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        return next(self._batches, None)
-
-
-def quantize(model: Path, out: Path, calibration: list[Sample]) -> Path:
-    """Static int8 (QDQ, per-channel weights) with the float model's metadata kept."""
-    engine = Engine(model)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    prepared = out.with_suffix(".prepared.onnx")
-    quant_pre_process(str(model), str(prepared))
-    quantize_static(str(prepared), str(out),
-                    SplitReader(calibration, engine.input_size, engine.info.colour_order),
-                    quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-    prepared.unlink()
-    proto = onnx.load(str(out))
-    onnx.helper.set_model_props(proto, engine.info.to_metadata())
-    onnx.save(proto, str(out))
-    return out
+from scrapvision.quantize import MAX_TOP1_DROP_POINTS, calibration_rows, quantize_model
 
 
 def top1(model: Path, samples: list[Sample]) -> float:
@@ -86,10 +42,9 @@ def compare(model: Path, data: Path, split_csv: Path, out: Path, calibration_cou
             frames_dir: Path, seconds: float, max_drop: float = MAX_TOP1_DROP_POINTS,
             seed: int = 0) -> dict[str, Any]:
     samples = load_samples([data], split_csv)
-    train = [s for s in samples if s.split == "train"]
     test = [s for s in samples if s.split == "test"]
-    calibration = random.Random(seed).sample(train, min(calibration_count, len(train)))
-    quantize(model, out, calibration)
+    calibration = calibration_rows(samples, calibration_count, seed)
+    quantize_model(model, out, calibration)
     fp32_top1, int8_top1 = top1(model, test), top1(out, test)
     fp32_fps = frames_per_second(model, frames_dir, seconds)
     int8_fps = frames_per_second(out, frames_dir, seconds)

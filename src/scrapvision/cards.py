@@ -96,6 +96,15 @@ def _provenance(data: dict[str, Any]) -> str:
     return f"not the model's training data, which was `{data['training_fingerprint']}`"
 
 
+def _quantization(q: dict[str, Any] | None) -> list[str]:
+    """The card line of an int8 model (`ModelInfo.quantization`); none for a float model."""
+    if not q:
+        return []
+    return [f"- Weights: **int8** ({q['type']}), quantised from version {q['source_version']} "
+            f"with {q['calibration_frames']} calibration frames of the "
+            f"{q['calibration_split']} split"]
+
+
 def render_markdown(card: dict[str, Any]) -> str:
     """Human-readable card; every figure in it comes from `card` itself."""
     model, data, metrics = card["model"], card["data"], card["metrics"]
@@ -107,6 +116,7 @@ def render_markdown(card: dict[str, Any]) -> str:
         f"- Architecture: {model['architecture'] or 'unknown'}; input "
         f"{model['input_size'][0]}x{model['input_size'][1]} {model['colour_order']}",
         f"- Classes ({len(model['class_names'])}): {', '.join(model['class_names'])}",
+        *_quantization(model.get("quantization")),
         f"- Evaluated: {card['evaluated']} with onnxruntime on the serving decode path",
         "",
         "## Data",

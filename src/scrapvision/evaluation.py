@@ -75,13 +75,14 @@ def predict_split(engine: Engine, samples: Sequence[Sample], *, progress: bool =
     starts = range(0, len(samples), BATCH_SIZE)
     for start in track(starts, description=description, disable=not progress, transient=True):
         chunk = samples[start : start + BATCH_SIZE]
-        batch = np.stack([_load(engine, sample) for sample in chunk])
+        batch = np.stack([decode_sample(engine, sample) for sample in chunk])
         logits[start : start + len(chunk)] = engine.logits(batch)
     labels = np.array([index[s.label] for s in samples], dtype=np.int64)
     return SplitOutputs(list(samples), logits, labels)
 
 
-def _load(engine: Engine, sample: Sample) -> np.ndarray:
+def decode_sample(engine: Engine, sample: Sample) -> np.ndarray:
+    """One sample decoded as served for `engine`; unreadable files raise EvaluationError."""
     try:
         return decode_frame(sample.path.read_bytes(), engine.input_size,
                             engine.info.colour_order)
@@ -267,7 +268,7 @@ def run_evaluation(model_path: Path, samples: Sequence[Sample], *,
                   "architecture": engine.info.architecture,
                   "input_size": list(engine.info.input_size),
                   "colour_order": engine.info.colour_order, "class_names": names,
-                  "file": str(model_path)},
+                  "quantization": engine.info.quantization, "file": str(model_path)},
         "evaluated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "data": {
             "roots": [str(root) for root in data_roots],
@@ -306,9 +307,15 @@ def evaluate_model(model_path: Path, samples: list[Sample], *, target_purity: fl
     temperature is written into the model only when the card goes next to it (the default):
     a card written elsewhere (`out_dir`) is a report and leaves the model untouched.
     """
-    model_path = Path(model_path)
-    result = run_evaluation(model_path, samples, target_purity=target_purity, note=note,
+    result = run_evaluation(Path(model_path), samples, target_purity=target_purity, note=note,
                             data_roots=data_roots, progress=progress)
+    return write_evaluation(result, model_path, out_dir)
+
+
+def write_evaluation(result: Evaluation, model_path: Path,
+                     out_dir: Path | None = None) -> dict[str, Any]:
+    """Write the card of a finished `run_evaluation` of `model_path`, as `evaluate_model`."""
+    model_path = Path(model_path)
     out_dir = Path(out_dir) if out_dir is not None else model_path.parent
     beside_model = out_dir.resolve() == model_path.parent.resolve()
     result.card["temperature_stored"] = beside_model
@@ -371,7 +378,7 @@ def compare_evaluations(a: Evaluation, b: Evaluation,
         better, verdict = None, "the two models score the same on these rows"
     else:
         better = 0 if key_a > key_b else 1
-        gap = 100 * (ma["top1"] - mb["top1"]) * (1 if better == 0 else -1)
+        gap = abs(100 * (ma["top1"] - mb["top1"]))  # the better one never has lower top-1
         verdict = (f"{refs[better]} is better: top-1 {gap:+.2f} pp, ECE after "
                    f"{ma['ece_after']:.4f} vs {mb['ece_after']:.4f}; rows only A gets right: "
                    f"{only_a}, only B: {only_b} (McNemar p={p_value:.3g}, "

@@ -4,6 +4,11 @@ Class names, input size, colour order and normalisation travel *inside* the ONNX
 metadata, so training and serving read one source of truth. The graph itself takes a
 uint8 batch (N, H, W, 3) in the colour order below and does normalisation and the layout
 change internally; the only thing the serving side does is decode and resize.
+
+`quantization` is empty for a float model. An int8 model made by `scrapvision models
+quantize` keeps its float source's metadata (temperature refitted on val by its evaluation)
+and records there {type, source_version, calibration_frames, calibration_split,
+source_temperature}; readers that predate the field ignore it.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
 
 # Keys whose values are JSON-encoded in the ONNX string->string metadata map.
-_JSON_KEYS = ("class_names", "input_size", "mean", "std", "metrics")
+_JSON_KEYS = ("class_names", "input_size", "mean", "std", "metrics", "quantization")
 
 
 class ModelInfo(BaseModel):
@@ -36,10 +41,19 @@ class ModelInfo(BaseModel):
     data_fingerprint: str = ""
     metrics: dict[str, Any] = Field(default_factory=dict)
     created: str = ""
+    quantization: dict[str, Any] = Field(
+        default_factory=dict,
+        description="empty for a float model; for an int8 one (`scrapvision models quantize`): "
+                    "{type, source_version, calibration_frames, calibration_split, "
+                    "source_temperature, ...}")
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def is_quantized(self) -> bool:
+        return bool(self.quantization)
 
     @property
     def ref(self) -> str:

@@ -40,13 +40,13 @@ def register(app: typer.Typer) -> None:
 
 
 @contextmanager
-def _clear_errors() -> Iterator[None]:
-    """Turn the package's bad-input errors into one red line and exit status 1."""
+def _clear_errors(status: int = 1) -> Iterator[None]:
+    """Turn the package's bad-input errors into one red line and exit `status`."""
     try:
         yield
     except (ValueError, RegistryError) as exc:  # ValueError: data, decode, model, evaluation
         console.print(f"[red]error:[/red] {exc}", soft_wrap=True)  # paths stay copyable
-        raise typer.Exit(1) from exc
+        raise typer.Exit(status) from exc
 
 
 def resolve_model(ref: str, models_dir: Path) -> Path:
@@ -172,6 +172,65 @@ def _class_table(card_a: dict, card_b: dict, refs: list[str]) -> Table:
 
 def _fmt(value: float | None, fmt: str, missing: str = "-") -> str:
     return missing if value is None else fmt.format(value)
+
+
+@models_app.command("quantize")
+def quantize(
+    model: Annotated[str, typer.Argument(
+        help="name[:version] in the registry (default version: the active one).")],
+    data: DataRoots,
+    split_csv: SplitCsv = None,
+    calibration: Annotated[int, typer.Option(
+        "--calibration", min=1, help="Train-split frames to calibrate on.")] = 200,
+    max_drop: Annotated[float, typer.Option(
+        "--max-drop", help="Largest top-1 drop on the test rows, in points, that --promote "
+                           "accepts.")] = 0.5,
+    promote: Annotated[bool, typer.Option(
+        "--promote", help="Make the int8 version active if its drop is within --max-drop.")
+    ] = False,
+    target_purity: Annotated[float | None, typer.Option(
+        "--target-purity", min=0.5, max=1.0,
+        help="Bin purity the thresholds must reach (default: the source card's, else 0.98).")
+    ] = None,
+    note: Annotated[str | None, typer.Option(
+        "--note", help="What the data is and is not (default: the source card's note when "
+                       "it was made on the same data).")] = None,
+    models_dir: ModelsDir = Path("models"),
+) -> None:
+    """Quantise a version to int8 as a new version, evaluate it, compare, promote if asked."""
+    from scrapvision.quantize import float_source, quantize_version
+
+    name, _, version = model.partition(":")
+    with _clear_errors(status=2):
+        before = ModelRegistry(models_dir).active(name)
+        source_version, _ = float_source(models_dir, name, version or None)
+        samples = _samples(data, split_csv)
+        console.print(f"quantising {name}:{source_version} to int8 with up to {calibration} "
+                      "train frames, then evaluating both versions")
+        result = quantize_version(models_dir, name, version or None, samples,
+                                  calibration=calibration, max_drop=max_drop, promote=promote,
+                                  target_purity=target_purity, note=note, data_roots=data,
+                                  progress=console.is_terminal)
+    q = result.info.quantization
+    new, source = f"{name}:{result.version}", f"{name}:{result.source_version}"
+    console.print(f"{new} registered: int8 of {source}, {q['calibration_frames']} calibration "
+                  f"frames from {q['calibration_split']}; card written to {result.path.parent}")
+    refs = [f"{new} (int8)", source]
+    console.print(_summary_table(result.int8.card, result.source.card, refs))
+    console.print(_class_table(result.int8.card, result.source.card, refs))
+    console.print(result.comparison["verdict"])
+    top1 = [e.card["metrics"]["top1"] for e in (result.source, result.int8)]
+    console.print(f"top-1 on the test rows {top1[0]:.2%} -> {top1[1]:.2%}: drop "
+                  f"{result.drop_points:.2f} points (max {max_drop:g})")
+    if result.promoted:
+        console.print(f"{name}: active version is now {result.version} (was {before})")
+    elif not promote:
+        console.print(f"{before} stays active; promote with `scrapvision models promote {name} "
+                      f"{result.version}`" + ("" if result.within_max_drop
+                                              else " (its drop is over --max-drop)"))
+    else:
+        console.print(f"not promoted: the drop of {result.drop_points:.2f} points is over "
+                      f"--max-drop {max_drop:g}; {before} stays active")
 
 
 @models_app.command("promote")
