@@ -137,6 +137,8 @@ def test_evaluate_model_writes_card_plots_and_stores_temperature(
     assert after.temperature == card["metrics"]["temperature"] != 1.0
     assert after.model_dump(exclude={"temperature"}) == before.model_dump(exclude={"temperature"})
     assert card["temperature_stored"] is True
+    for written in ("model.onnx", "card.json", "card.md"):  # a service user can read them
+        assert (folder / written).stat().st_mode & 0o044 == 0o044, written
 
     # the reported top-1 is what the serving path gets on the test rows
     test_rows = [s for s in samples if s.split == "test"]

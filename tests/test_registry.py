@@ -128,3 +128,15 @@ def test_promotion_leaves_no_temporary_files(registry: ModelRegistry, onnx_file:
     registry.promote("tiny", "v1")
     registry.promote("tiny", "v1")
     assert sorted(p.name for p in (registry.root / "tiny").iterdir()) == ["active.json", "v1"]
+
+
+def test_active_file_keeps_its_mode_and_is_readable_when_new(registry: ModelRegistry,
+                                                             onnx_file: Path) -> None:
+    registry.add("tiny", onnx_file)
+    registry.add("tiny", onnx_file)
+    registry.promote("tiny", "v1")
+    active = registry.root / "tiny" / "active.json"
+    assert active.stat().st_mode & 0o777 == 0o644
+    active.chmod(0o640)
+    registry.promote("tiny", "v2")
+    assert active.stat().st_mode & 0o777 == 0o640

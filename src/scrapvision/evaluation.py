@@ -25,6 +25,7 @@ from scrapvision import cards
 from scrapvision.datasets import SPLITS, Sample, fingerprint
 from scrapvision.decode import DecodeError, decode_frame
 from scrapvision.engine import Engine, softmax
+from scrapvision.registry import replace_readable
 
 DEFAULT_NOTE = (
     "Demonstration data: public photos of household objects and web images, one item per "
@@ -343,7 +344,7 @@ def store_temperature(model_path: Path, temperature: float) -> None:
     os.close(fd)
     try:
         onnx.save(model, tmp_name)
-        os.replace(tmp_name, model_path)
+        replace_readable(tmp_name, model_path)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise

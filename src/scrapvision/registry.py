@@ -37,7 +37,18 @@ def write_json_atomic(path: Path, data: Any) -> None:
         json.dump(data, tmp, indent=2)
         tmp.flush()
         os.fsync(tmp.fileno())
-    os.replace(tmp.name, path)
+    replace_readable(tmp.name, path)
+
+
+def replace_readable(tmp_name: str, path: Path) -> None:
+    """Move a finished temp file over `path`, keeping the mode `path` had (new: 0644).
+
+    Temp files are created 0600; published as they are, a model or card written by one
+    user (an engineer's evaluate) could not be read by the service running as another.
+    """
+    mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
+    os.chmod(tmp_name, mode)
+    os.replace(tmp_name, path)
 
 
 def check_name(name: str) -> str:
