@@ -9,11 +9,12 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
 log = logging.getLogger("scrapvision.service")
+APP_FACTORY = "scrapvision.service.app:app_from_environment"
 
 
 def register(app: typer.Typer) -> None:
@@ -32,7 +33,9 @@ def serve(
 ) -> None:
     """Serve sort decisions over HTTP and WebSocket (FastAPI under uvicorn)."""
     import uvicorn
+    from uvicorn.config import STARTUP_FAILURE
 
+    from scrapvision.service import reuseport
     from scrapvision.service.logs import log_config
     from scrapvision.service.metrics import MULTIPROC_ENV
     from scrapvision.settings import load_settings
@@ -47,17 +50,25 @@ def serve(
     if not settings.api_keys and not _is_loopback(bind):
         log.warning("no API keys configured: binding to 127.0.0.1 instead of %s", bind)
         bind = "127.0.0.1"
+    try:  # a clear error before any worker loads a model
+        listen_port = reuseport.check_free(bind, settings.port)
+    except OSError as exc:
+        log.error("cannot listen on %s:%d: %s", bind, settings.port, exc.strerror)
+        raise typer.Exit(STARTUP_FAILURE) from None
     metrics_dir = None
     if settings.workers > 1:
         metrics_dir = tempfile.mkdtemp(prefix="scrapvision-metrics-")
         os.environ[MULTIPROC_ENV] = metrics_dir
+    options: dict[str, Any] = dict(
+        factory=True, host=bind, port=listen_port, workers=settings.workers,
+        log_config=log_config(settings.log_level), access_log=False,
+        ws_max_size=settings.max_frame_bytes + 4096,
+    )
     try:
-        uvicorn.run(
-            "scrapvision.service.app:app_from_environment", factory=True,
-            host=bind, port=settings.port, workers=settings.workers,
-            log_config=log_config(settings.log_level), access_log=False,
-            ws_max_size=settings.max_frame_bytes + 4096,
-        )
+        if settings.workers > 1 and reuseport.balances():
+            reuseport.run(uvicorn.Config(APP_FACTORY, **options))
+        else:  # one worker, or one listening socket shared by all (see `reuseport.balances`)
+            uvicorn.run(APP_FACTORY, **options)
     finally:
         if metrics_dir:
             shutil.rmtree(metrics_dir, ignore_errors=True)
