@@ -21,14 +21,15 @@ from PIL import Image
 from torchvision import transforms
 
 from bench.common import default_model
-from bench.standin import build_backbone
+from bench.standin import build_backbone, timm_architecture
 from scrapvision.modelmeta import ModelInfo
 
 PREDICT_PATH = "/predict"
 
 
-def create_app(num_classes: int, input_size: tuple[int, int]) -> FastAPI:
-    model = build_backbone(num_classes)
+def create_app(info: ModelInfo) -> FastAPI:
+    model = build_backbone(info.num_classes, timm_architecture(info))
+    input_size = info.input_size
     cfg = model.pretrained_cfg
     transform = transforms.Compose([
         transforms.Resize(input_size),
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     if not model.is_file():
         parser.error(f"no model at {model}: pass --model or run `python -m bench.standin`")
     info = served_shape(model)
-    uvicorn.run(create_app(info.num_classes, info.input_size), host=args.host, port=args.port,
+    uvicorn.run(create_app(info), host=args.host, port=args.port,
                 log_level="warning")
 
 

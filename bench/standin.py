@@ -21,6 +21,7 @@ from torch import nn
 
 from bench.common import OUT
 from scrapvision.modelmeta import INPUT_NAME, OUTPUT_NAME, ModelInfo
+from scrapvision.training.backbones import BACKBONES
 
 ARCHITECTURE = "tf_efficientnet_lite0"
 DEFAULT_PATH = OUT / "standin" / "model.onnx"
@@ -41,9 +42,22 @@ class UInt8Input(nn.Module):
         return self.backbone(x)
 
 
-def build_backbone(num_classes: int) -> nn.Module:
-    """Random-init Lite0 (no weights are downloaded); the naive baseline builds the same."""
-    return timm.create_model(ARCHITECTURE, pretrained=False, num_classes=num_classes).eval()
+def timm_architecture(info: ModelInfo) -> str:
+    """The timm model a served model was built on, for the naive baseline to build too.
+
+    An exported model's metadata names its training backbone ("efficientnet_lite2 (timm
+    tf_efficientnet_lite2)"), a stand-in's the timm name; anything else (a test model) is
+    compared with Lite0.
+    """
+    name = info.architecture.split(" ")[0]
+    if name in BACKBONES:
+        return BACKBONES[name].timm_arch
+    return name if timm.is_model(name) else ARCHITECTURE
+
+
+def build_backbone(num_classes: int, architecture: str = ARCHITECTURE) -> nn.Module:
+    """Random-init timm model (no weights are downloaded); the naive baseline builds the same."""
+    return timm.create_model(architecture, pretrained=False, num_classes=num_classes).eval()
 
 
 def export_standin(path: Path, class_names: list[str], size: int = 224) -> Path:

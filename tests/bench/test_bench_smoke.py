@@ -29,6 +29,7 @@ from bench.run_all import (
     serve_config,
     started,
 )
+from scrapvision.modelmeta import ModelInfo
 
 HAS_TORCH = all(importlib.util.find_spec(m) for m in ("torch", "timm", "torchvision"))
 needs_torch = pytest.mark.skipif(not HAS_TORCH, reason="torch/timm/torchvision not installed")
@@ -201,11 +202,25 @@ def test_naive_service_classifies_an_upload(tiny_model: Path) -> None:
     from bench.naive_service import PREDICT_PATH, create_app, served_shape
 
     info = served_shape(tiny_model)
-    with TestClient(create_app(info.num_classes, info.input_size)) as client:
+    with TestClient(create_app(info)) as client:
         response = client.post(PREDICT_PATH, files={"file": ("f.jpg", colour_frame("red"))})
     assert response.status_code == 200
     assert 0 <= response.json()["class_index"] < info.num_classes
     assert 0 < response.json()["confidence"] <= 1
+
+
+@needs_torch
+@pytest.mark.parametrize(("architecture", "timm_name"), [
+    ("efficientnet_lite2 (timm tf_efficientnet_lite2)", "tf_efficientnet_lite2"),
+    ("tf_efficientnet_lite1", "tf_efficientnet_lite1"),  # a stand-in names timm's model
+    ("tiny-colour-test", "tf_efficientnet_lite0"),
+])
+def test_naive_baseline_builds_the_served_architecture(architecture: str, timm_name: str) -> None:
+    from bench.standin import timm_architecture
+
+    info = ModelInfo(name="m", version="v1", class_names=["a", "b"], input_size=(224, 224),
+                     architecture=architecture)
+    assert timm_architecture(info) == timm_name
 
 
 def test_quantize_keeps_accuracy_of_the_tiny_model(tiny_model: Path, photos: Path,
