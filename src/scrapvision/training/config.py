@@ -44,6 +44,11 @@ class AugmentConfig(_Section):
     saturation: float = Field(0.3, ge=0)
     hue: float = Field(0.02, ge=0, le=0.5)
     blur: float = Field(0.2, ge=0, le=1, description="probability of a Gaussian blur")
+    mixup: float = Field(0.0, ge=0, description=(
+        "Beta alpha of mixup (0: off); batches are mixed where the trainable part starts: "
+        "the frozen trunk's output, or the pixels when nothing is frozen"))
+    cutmix: float = Field(0.0, ge=0, description="Beta alpha of CutMix (0: off); with mixup, "
+                                                 "each batch gets one of the two")
 
 
 class OptimConfig(_Section):

@@ -2,8 +2,8 @@
 
 Recipe (each step switchable in the config): optional linear probe on frozen features to
 give the new head a sensible start, then fine-tuning with AdamW (lower LR for the backbone
-than for the head), warmup + cosine schedule, label smoothing, optional frozen early stages
-and EMA of weights; early stopping on val accuracy. A run folder holds:
+than for the head), warmup + cosine schedule, label smoothing, optional mixup/CutMix,
+optional frozen early stages and EMA of weights; early stopping on val accuracy. A run folder holds:
 
     config.yaml  split.csv  run.json  metrics.csv  metrics.json  curves.png  best.pt  last.pt
 
@@ -26,6 +26,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from timm.data import Mixup
+from timm.data.mixup import mixup_target
+from timm.loss import SoftTargetCrossEntropy
 from timm.optim import param_groups_weight_decay
 from timm.scheduler import CosineLRScheduler
 from timm.utils import ModelEmaV3
@@ -163,6 +166,8 @@ class Trainer:
         if self.opt.max_steps_per_epoch:
             self.steps_per_epoch = min(self.steps_per_epoch, self.opt.max_steps_per_epoch)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=self.opt.label_smoothing)
+        self.mixup = self._new_mixup()
+        self.train_criterion = SoftTargetCrossEntropy() if self.mixup else self.criterion
         self.optimizer = torch.optim.AdamW(self._param_groups(), lr=self.opt.lr)
         warmup = round(self.opt.warmup_epochs * self.steps_per_epoch)
         self.scheduler = CosineLRScheduler(
@@ -173,6 +178,29 @@ class Trainer:
         self.epoch, self.step, self.bad_epochs = 0, 0, 0
         self.best: Score | None = None
         self.history: list[dict[str, Any]] = []
+
+    def _new_mixup(self) -> Mixup | None:
+        """Mixup/CutMix on training batches (soft targets with the same label smoothing)."""
+        augment = self.config.augment
+        if not (augment.mixup or augment.cutmix):
+            return None
+        return Mixup(mixup_alpha=augment.mixup, cutmix_alpha=augment.cutmix,
+                     label_smoothing=self.opt.label_smoothing,
+                     num_classes=self.model.num_classes)
+
+    def _mix(self, inputs: torch.Tensor, labels: torch.Tensor
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(inputs, targets) for `train_criterion`: soft mixed targets when mixup is on.
+
+        timm's Mixup pairs each row with its mirror in the batch, so an odd-sized (last)
+        batch is left unmixed, with the same smoothed targets.
+        """
+        if self.mixup is None:
+            return inputs, labels
+        if len(labels) % 2:
+            return inputs, mixup_target(labels, self.model.num_classes, 1.0,
+                                        self.opt.label_smoothing)
+        return self.mixup(inputs, labels)
 
     def _new_ema(self) -> ModelEmaV3 | None:
         if not self.opt.ema_decay:
@@ -338,8 +366,9 @@ class Trainer:
         for index, (inputs, labels) in enumerate(bar):
             if index >= self.steps_per_epoch:
                 break
+            inputs, targets = self._mix(inputs, labels)
             logits = forward_rest(self.model, inputs, self.stages)
-            loss = self.criterion(logits, labels)
+            loss = self.train_criterion(logits, targets)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
