@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 from datetime import UTC, datetime
 
 import pytest
@@ -258,8 +259,16 @@ def test_facets_list_filter_choices(client, seeded):
     assert "purple" in facets["labels"] and "recirc" in facets["bins"]
 
 
-def test_stats_route(client, seeded):
-    assert client.get("/v1/audit/stats").json()["written"] == 9
+def test_stats_route_reports_what_the_one_store_did(client, seeded, store):
+    stats = client.get("/v1/audit/stats").json()
+    own = store.stats()
+    assert (stats["written"], stats["buffered"], stats["dropped_full"]) == (9, 0, 0)
+    assert stats["commits"] >= 1 and stats["last_commit_time"] is not None
+    assert stats["frames"]["kept"] > 0
+    assert {key: stats[key] for key in own} == own  # every key of stats(), same values
+    # one process (no Prometheus multiprocess mode): its store is every worker there is
+    assert (stats["scope"], stats["workers"]) == ("all workers", 1)
+    assert stats["this_worker"] == {"pid": os.getpid(), **own}
 
 
 def test_qa_page_and_its_static_files(client):

@@ -5,8 +5,9 @@ from __future__ import annotations
 from fastapi.testclient import TestClient
 from tinymodel import colour_frame
 
+from scrapvision.service.app import create_app
 from scrapvision.settings import LineSettings
-from tests.service.conftest import frame_headers
+from tests.service.conftest import frame_headers, wait_until
 
 
 def test_ready_when_every_line_has_its_model(client: TestClient) -> None:
@@ -55,6 +56,26 @@ def test_metrics_count_decisions_and_expose_model_version(client: TestClient) ->
     assert 'scrapvision_model_info{model="tiny",version="v1"} 1.0' in text
     assert 'scrapvision_frame_latency_seconds_bucket{le="0.08",line="tiny"}' in text
     assert 'scrapvision_queue_depth{line="tiny"} 0.0' in text
+
+
+def test_metrics_count_what_the_audit_store_wrote(make_settings) -> None:
+    def written(client: TestClient) -> float:
+        for row in client.get("/metrics").text.splitlines():
+            if row.startswith('scrapvision_audit_records_total{outcome="written"}'):
+                return float(row.split()[-1])
+        return 0.0
+
+    with TestClient(create_app(make_settings())) as client:  # the real SQLite store
+        before = written(client)  # counters are per process: other tests' stores add to them
+        for number in range(3):
+            client.post("/v1/lines/tiny/frames", content=colour_frame("red"),
+                        headers=frame_headers(f"m{number}"))
+        wait_until(lambda: written(client) == before + 3)
+        text = client.get("/metrics").text
+        assert client.get("/v1/audit/stats").json()["written"] == 3
+    assert 'scrapvision_audit_records_total{outcome="dropped_full"}' in text  # 0 or more
+    assert "scrapvision_audit_commits_total" in text
+    assert "scrapvision_audit_buffered" in text
 
 
 def test_openapi_documents_binary_frame_bodies(client: TestClient) -> None:

@@ -205,3 +205,38 @@ def test_serve_refuses_a_port_another_server_holds(models_dir: Path, tmp_path: P
             pytest.fail("scrapvision serve started on a port another server holds")
     assert process.returncode != 0
     assert f"127.0.0.1:{port}" in stderr and "in use" in stderr, stderr
+
+
+def on_own_connection(base_url: httpx.URL, method: str, path: str,
+                      **request: Any) -> httpx.Response:
+    """One request on a new connection: the kernel may hand it to either worker."""
+    with httpx.Client(base_url=base_url, timeout=30) as own:
+        return own.request(method, path, **request)
+
+
+@pytest.mark.skipif(not reuseport.balances(), reason="the kernel spreads SO_REUSEPORT on Linux")
+def test_audit_stats_add_up_over_both_workers(server: httpx.Client) -> None:
+    total = 40
+    for number in range(total):  # cameras reconnecting: each frame may go to either worker
+        response = on_own_connection(server.base_url, "POST", "/v1/lines/tiny/frames",
+                                     content=colour_frame("red"),
+                                     headers=frame_headers(f"c{number}"))
+        assert response.status_code == 200, response.text
+
+    def stats() -> dict[str, Any]:
+        return on_own_connection(server.base_url, "GET", "/v1/audit/stats").json()
+
+    wait_until(lambda: stats()["written"] == total, timeout_s=10)  # a group commit: <= 0.2 s
+    answers = [stats() for _ in range(16)]
+    # whichever worker answers, the counts are both workers' together
+    assert [answer["written"] for answer in answers] == [total] * len(answers)
+    for answer in answers:
+        assert (answer["scope"], answer["workers"]) == ("all workers", 2)
+        assert answer["commits"] >= 2 and answer["last_commit_time"] is not None
+        assert {answer[key] for key in ("buffered", "dropped_full", "rejected", "lost_at_close",
+                                        "write_errors", "submit_errors")} == {0}
+    own = {answer["this_worker"]["pid"]: answer["this_worker"]["written"] for answer in answers}
+    # both workers decided frames and answered stats (2**-15 odds of one answering all 16)
+    assert len(own) == 2 and min(own.values()) > 0 and sum(own.values()) == total, own
+    metrics = on_own_connection(server.base_url, "GET", "/metrics").text
+    assert gauge(metrics, 'scrapvision_audit_records_total{outcome="written"}') == total

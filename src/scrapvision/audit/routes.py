@@ -141,8 +141,10 @@ def get_facets(store: Store) -> dict[str, Any]:
 
 @router.get("/stats")
 def get_stats(store: Store) -> dict[str, Any]:
-    """Audit writer counters: buffered, written, dropped (and why), frames kept."""
-    return store.stats()
+    """Audit writer counters summed over every worker: buffered, written, dropped (and why),
+    frames kept; `workers` says how many stores they cover, `this_worker` (and `last_error`)
+    are the answering worker's."""
+    return store.all_workers_stats()
 
 
 @cache

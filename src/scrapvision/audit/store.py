@@ -9,11 +9,16 @@ Durability: a decision is on disk once its group commit ran, at most
 `commit_interval_ms` (<= 200 ms) after `submit`; `close()` writes everything buffered.
 After a hard kill only the decisions of the last commit window are lost; SQLite (WAL)
 and PostgreSQL both reopen cleanly because a transaction is either in or out.
+
+Counters: `stats()` is this store's; the same counts go to Prometheus
+(`scrapvision.service.metrics`), and `all_workers_stats()` reads them back summed over the
+service's worker processes, as `/metrics` shows them.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections import defaultdict
 from dataclasses import asdict, dataclass
@@ -32,10 +37,13 @@ from scrapvision.audit.tables import decisions, tally_minutes
 from scrapvision.audit.writer import GroupCommitWriter, database_unreachable
 from scrapvision.decode import DecodeError
 from scrapvision.records import DecisionRecord
+from scrapvision.service import metrics
 
 log = logging.getLogger(__name__)
 
 _ROLLUP_KEY = ("line", "minute", "class_name", "bin", "action")
+_FRAMES = {outcome: metrics.AUDIT_FRAMES.labels(outcome)
+           for outcome in metrics.AUDIT_FRAME_OUTCOMES}
 
 
 @dataclass(slots=True)
@@ -65,6 +73,7 @@ class AuditStore:
             max_buffered=self.settings.max_buffered,
             max_batch=self.settings.max_batch,
             retry_max_s=self.settings.retry_max_s,
+            tick=self._publish_gauges,
         )
         # Retention runs in its own thread so a long prune never stretches a commit window.
         self._retention = threading.Thread(target=self._prune_periodically,
@@ -75,6 +84,8 @@ class AuditStore:
         self._frame_counts = {"kept": 0, "dropped_pending": 0, "failed": 0}
         self._submit_errors = 0
         self._migrated = False
+        self._started = False
+        self._published_skips = 0  # sampler.skipped_by_cap already added to the counter
 
     def start(self) -> AuditStore:
         """Migrate the schema to the newest revision and start the writer thread.
@@ -90,6 +101,8 @@ class AuditStore:
             log.error("audit: database unreachable at start, buffering decisions: %s", error)
         self._writer.start()
         self._retention.start()
+        self._started = True
+        metrics.AUDIT_STORES.inc()
         return self
 
     def _migrate(self) -> None:
@@ -103,6 +116,9 @@ class AuditStore:
             self._retention.join()
         self._writer.close()
         self.engine.dispose()
+        if self._started:
+            self._started = False
+            metrics.AUDIT_STORES.dec()
 
     def flush(self) -> bool:
         """Write everything buffered now, without waiting for the next group commit.
@@ -131,6 +147,7 @@ class AuditStore:
                 self._release_frame()
         except Exception:  # noqa: BLE001 - auditing must never fail a sort decision
             self._submit_errors += 1
+            metrics.AUDIT_SUBMIT_ERRORS.inc()
             log.exception("audit: could not queue a decision")
 
     def tallies(self, line: str, since: datetime | None = None,
@@ -195,6 +212,21 @@ class AuditStore:
         return {**asdict(self._writer.stats()), "submit_errors": self._submit_errors,
                 "frames": frames}
 
+    def all_workers_stats(self) -> dict[str, Any]:
+        """`stats()` over every worker process of the service, plus what they cover.
+
+        With several workers (Prometheus multiprocess mode) the counts are the totals
+        `/metrics` shows, `buffered` as of each worker's last writer tick (at most
+        `commit_interval_ms` old; a retry backoff does not delay it), `last_commit_time`
+        the latest of any worker; `last_error` (text, not a number) and `this_worker` are the
+        answering worker's own. With one worker (no multiprocess mode) its store is all
+        there is.
+        """
+        own = self.stats()
+        totals = metrics.audit_totals() if metrics.multiprocess_mode() else {"workers": 1}
+        return {**own, **totals, "scope": "all workers",
+                "this_worker": {"pid": os.getpid(), **own}}
+
     def prune(self) -> retention.PruneResult:
         """Apply the retention settings now (a background thread also does, periodically)."""
         return retention.prune(self.engine, self.frame_store, self.settings)
@@ -209,13 +241,25 @@ class AuditStore:
             else:
                 log.info("audit: retention pruned %s", result)
 
+    def _publish_gauges(self) -> None:
+        """Writer tick: refresh the gauges, and add the frames the sampler skipped (counted on
+        the request path, where the cap can hit every frame) once per commit window."""
+        metrics.AUDIT_BUFFERED.set(self._writer.stats().buffered)
+        with self._frame_lock:
+            metrics.AUDIT_FRAMES_PENDING.set(self._frames_pending)
+        skips = self.sampler.skipped_by_cap
+        if skips > self._published_skips:
+            _FRAMES["skipped_by_cap"].inc(skips - self._published_skips)
+            self._published_skips = skips
+
     def _reserve_frame(self) -> bool:
         with self._frame_lock:
-            if self._frames_pending >= self.settings.frames.max_pending:
-                self._frame_counts["dropped_pending"] += 1
-                return False
-            self._frames_pending += 1
-            return True
+            if self._frames_pending < self.settings.frames.max_pending:
+                self._frames_pending += 1
+                return True
+            self._frame_counts["dropped_pending"] += 1
+        _FRAMES["dropped_pending"].inc()
+        return False
 
     def _release_frame(self) -> None:
         with self._frame_lock:
@@ -238,6 +282,7 @@ class AuditStore:
             with self._frame_lock:
                 self._frames_pending -= 1
                 self._frame_counts[outcome] += 1
+            _FRAMES[outcome].inc()
 
     def _write(self, batch: list[Pending]) -> None:
         if not self._migrated:

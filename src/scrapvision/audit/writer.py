@@ -5,6 +5,9 @@ raises); the thread writes whatever accumulated every `interval_s` in one transa
 one fsync covers hundreds of decisions. While the database is away the buffer keeps
 filling up to its bound and the thread retries with exponential backoff; what does not
 fit is counted, never silently lost.
+
+Every count is also a Prometheus counter (`scrapvision.service.metrics`, summed over worker
+processes): incremented once per group commit, or per item only on the paths that lose one.
 """
 
 from __future__ import annotations
@@ -20,7 +23,13 @@ from typing import Generic, TypeVar
 
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
+from scrapvision.service import metrics
+
 log = logging.getLogger(__name__)
+_WRITTEN = metrics.AUDIT_RECORDS.labels("written")
+_DROPPED_FULL = metrics.AUDIT_RECORDS.labels("dropped_full")
+_REJECTED = metrics.AUDIT_RECORDS.labels("rejected")
+_LOST_AT_CLOSE = metrics.AUDIT_RECORDS.labels("lost_at_close")
 
 Item = TypeVar("Item")
 
@@ -45,7 +54,8 @@ class GroupCommitWriter(Generic[Item]):
     buffer only after it is written, so a failed batch is retried in order. If `write`
     fails for a reason other than the database being unreachable, the batch is retried
     item by item and the items that still fail are counted as rejected, so one bad row
-    cannot block the rest.
+    cannot block the rest. `tick` runs in the writer thread every `interval_s` (also while
+    retries back off) and after `close`: where the owner refreshes its gauges.
     """
 
     def __init__(
@@ -57,8 +67,10 @@ class GroupCommitWriter(Generic[Item]):
         max_batch: int,
         retry_max_s: float,
         name: str = "audit-writer",
+        tick: Callable[[], None] | None = None,
     ) -> None:
         self._write = write
+        self._tick = tick or (lambda: None)
         self.interval_s = interval_s
         self.max_buffered = max_buffered
         self.max_batch = max_batch
@@ -74,11 +86,12 @@ class GroupCommitWriter(Generic[Item]):
     def offer(self, item: Item) -> bool:
         """Append `item` for the next commit; False (and counted) when the buffer is full."""
         with self._lock:
-            if len(self._buffer) >= self.max_buffered:
-                self._stats.dropped_full += 1
-                return False
-            self._buffer.append(item)
-            return True
+            if len(self._buffer) < self.max_buffered:
+                self._buffer.append(item)
+                return True
+            self._stats.dropped_full += 1
+        _DROPPED_FULL.inc()
+        return False
 
     def start(self) -> None:
         self._thread.start()
@@ -90,10 +103,13 @@ class GroupCommitWriter(Generic[Item]):
             self._thread.join()
         if not self.drain():
             with self._lock:
-                self._stats.lost_at_close += len(self._buffer)
+                lost = len(self._buffer)
+                self._stats.lost_at_close += lost
                 log.error("audit: %d buffered decisions could not be written at close: %s",
-                          len(self._buffer), self._stats.last_error)
+                          lost, self._stats.last_error)
                 self._buffer.clear()
+            _LOST_AT_CLOSE.inc(lost)
+        self._tick()
 
     def stats(self) -> WriterStats:
         with self._lock:
@@ -115,9 +131,12 @@ class GroupCommitWriter(Generic[Item]):
                         self._buffer.popleft()
 
     def _run(self) -> None:
-        wait = self.interval_s
-        while not self._stop.wait(wait):
-            wait = self.interval_s if self.drain() else self._backoff()
+        retry_at = 0.0
+        while not self._stop.wait(self.interval_s):
+            now = time.monotonic()
+            if now >= retry_at:
+                retry_at = 0.0 if self.drain() else now + self._backoff() - self.interval_s
+            self._tick()
 
     def _backoff(self) -> float:
         return min(self.retry_max_s, self.interval_s * 2 ** min(self._failures, 16))
@@ -145,6 +164,7 @@ class GroupCommitWriter(Generic[Item]):
                 with self._lock:
                     self._stats.rejected += 1
                     self._stats.last_error = repr(error)
+                _REJECTED.inc()
                 log.warning("audit: decision refused by the database, skipped: %r", error)
             else:
                 self._record_success(1)
@@ -153,10 +173,14 @@ class GroupCommitWriter(Generic[Item]):
         if self._failures:
             log.info("audit: database reachable again after %d failed writes", self._failures)
         self._failures = 0
+        now = time.time()
         with self._lock:
             self._stats.written += count
             self._stats.commits += 1
-            self._stats.last_commit_time = time.time()
+            self._stats.last_commit_time = now
+        _WRITTEN.inc(count)
+        metrics.AUDIT_COMMITS.inc()
+        metrics.AUDIT_LAST_COMMIT.set(now)
 
     def _record_failure(self, error: Exception) -> None:
         if not self._failures:
@@ -165,6 +189,7 @@ class GroupCommitWriter(Generic[Item]):
         with self._lock:
             self._stats.write_errors += 1
             self._stats.last_error = repr(error)
+        metrics.AUDIT_WRITE_ERRORS.inc()
 
 def database_unreachable(error: DBAPIError) -> bool:
     """True when the database (not the data) is the problem: worth retrying the batch."""

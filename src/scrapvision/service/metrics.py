@@ -2,15 +2,18 @@
 
 With several uvicorn workers, `scrapvision serve` sets `PROMETHEUS_MULTIPROC_DIR` before the
 workers start, so every process writes its samples there and `/metrics` (answered by any
-worker) adds them up. Gauges say how they combine across processes.
+worker) adds them up. Gauges say how they combine across processes. The audit store's
+counters live here too, so `GET /v1/audit/stats` reads back the same totals (`audit_totals`).
 """
 
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
+    REGISTRY,
     CollectorRegistry,
     Counter,
     Gauge,
@@ -60,17 +63,95 @@ MODEL_INFO = Gauge(
     ["model", "version"], multiprocess_mode="livemax",
 )
 
+# Audit store (audit/writer.py, audit/store.py): incremented per group commit, or on the rare
+# paths that drop something; the gauges are set once per writer tick, never per record.
+AUDIT_RECORDS = Counter(
+    "scrapvision_audit_records_total",
+    "Decisions by what the audit store did with them: written, dropped_full (buffer at its "
+    "bound), rejected (refused by the database on their own), lost_at_close",
+    ["outcome"],
+)
+AUDIT_RECORD_OUTCOMES = ("written", "dropped_full", "rejected", "lost_at_close")
+AUDIT_COMMITS = Counter("scrapvision_audit_commits_total",
+                        "Audit group commits (transactions) that wrote decisions")
+AUDIT_WRITE_ERRORS = Counter("scrapvision_audit_write_errors_total",
+                             "Audit group commits that failed: database unreachable, retried")
+AUDIT_SUBMIT_ERRORS = Counter("scrapvision_audit_submit_errors_total",
+                              "Decisions the audit store could not even queue (a bug)")
+AUDIT_BUFFERED = Gauge(
+    "scrapvision_audit_buffered", "Decisions waiting in memory for their audit group commit",
+    multiprocess_mode="livesum",
+)
+AUDIT_LAST_COMMIT = Gauge(
+    "scrapvision_audit_last_commit_timestamp_seconds",
+    "Unix time of the latest audit group commit", multiprocess_mode="max",
+)
+AUDIT_STORES = Gauge("scrapvision_audit_stores", "Audit stores running (one per worker)",
+                     multiprocess_mode="livesum")
+AUDIT_FRAMES = Counter(
+    "scrapvision_audit_review_frames_total",
+    "Sampled review frames: kept, failed (not decodable), dropped_pending (too many waiting), "
+    "skipped_by_cap (per-minute cap)", ["outcome"],
+)
+AUDIT_FRAME_OUTCOMES = ("kept", "failed", "dropped_pending", "skipped_by_cap")
+AUDIT_FRAMES_PENDING = Gauge(
+    "scrapvision_audit_review_frames_pending", "Review frames waiting for the audit writer",
+    multiprocess_mode="livesum",
+)
+for _outcome in AUDIT_RECORD_OUTCOMES:  # every outcome exported, at 0 until it happens
+    AUDIT_RECORDS.labels(_outcome)
+for _outcome in AUDIT_FRAME_OUTCOMES:
+    AUDIT_FRAMES.labels(_outcome)
+
+
+def multiprocess_mode() -> bool:
+    """True when every worker writes its samples to the shared multiprocess directory."""
+    return bool(os.environ.get(MULTIPROC_ENV))
+
+
+def registry() -> CollectorRegistry:
+    """What `/metrics` exposes: every worker's samples in multiprocess mode, else this one's."""
+    if multiprocess_mode():
+        collected = CollectorRegistry()
+        multiprocess.MultiProcessCollector(collected)
+        return collected
+    return REGISTRY
+
 
 def render() -> tuple[bytes, str]:
     """The exposition text, summed over worker processes in multiprocess mode."""
-    if os.environ.get(MULTIPROC_ENV):
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
-        return generate_latest(registry), CONTENT_TYPE_LATEST
-    return generate_latest(), CONTENT_TYPE_LATEST
+    return generate_latest(registry()), CONTENT_TYPE_LATEST
+
+
+def audit_totals() -> dict[str, Any]:
+    """The audit counters as `/metrics` shows them (summed over workers in multiprocess
+    mode), in the shape of `AuditStore.stats()` plus `workers` (stores running)."""
+    values: dict[tuple[str, str | None], float] = {}
+    for family in registry().collect():
+        if family.name.startswith("scrapvision_audit_"):
+            for sample in family.samples:
+                values[sample.name, sample.labels.get("outcome")] = sample.value
+
+    def count(name: str, outcome: str | None = None) -> int:
+        return int(values.get((name, outcome), 0))
+
+    last_commit = values.get(("scrapvision_audit_last_commit_timestamp_seconds", None))
+    return {
+        "buffered": count("scrapvision_audit_buffered"),
+        **{outcome: count("scrapvision_audit_records_total", outcome)
+           for outcome in AUDIT_RECORD_OUTCOMES},
+        "commits": count("scrapvision_audit_commits_total"),
+        "write_errors": count("scrapvision_audit_write_errors_total"),
+        "last_commit_time": last_commit or None,  # 0: no worker committed yet
+        "submit_errors": count("scrapvision_audit_submit_errors_total"),
+        "frames": {**{outcome: count("scrapvision_audit_review_frames_total", outcome)
+                      for outcome in AUDIT_FRAME_OUTCOMES},
+                   "pending": count("scrapvision_audit_review_frames_pending")},
+        "workers": count("scrapvision_audit_stores"),
+    }
 
 
 def process_exited() -> None:
     """Drop this process's live gauges (queue depth, model info) from the shared files."""
-    if os.environ.get(MULTIPROC_ENV):
+    if multiprocess_mode():
         multiprocess.mark_process_dead(os.getpid())
