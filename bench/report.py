@@ -26,7 +26,8 @@ def render(results: dict[str, Any]) -> str:
         f"| machine | {machine['cpu']}, {machine['cpu_count']} CPUs, {machine['os']}, "
         f"Python {machine['python']}, onnxruntime {machine['onnxruntime']} |",
         f"| other load | {_other_load(results)} |",
-        f"| model | `{model['name']}:{model['version']}` {model['architecture']}, "
+        f"| model | `{model['name']}:{model['version']}` {model['architecture']}"
+        f"{' (int8)' if model.get('quantization') else ''}, "
         f"{len(model['class_names'])} classes, input {model['input_size'][0]}x"
         f"{model['input_size'][1]} (`{model['path']}`) |",
         f"| frames | {', '.join(f'{n} x {size}' for size, n in results['frames'].items())} "
@@ -233,8 +234,9 @@ def _inprocess_lines(results: dict[str, Any]) -> list[str]:
                            f"{run['batch']} vs one frame at a time {_change(run['fps'], single)}: "
                            f"it {verdict} here.")
     if any(r["batch"] > 1 for r in results["inprocess"]):
-        out.append("- `scrapvision serve` decides frame by frame (it has no micro-batcher); "
-                   "its worker processes x onnxruntime threads layout is configurable.")
+        out.append("- `scrapvision serve` micro-batches only when `max_batch` > 1 (default 1, "
+                   "from these figures); its worker processes x onnxruntime threads layout is "
+                   "configurable.")
     return out
 
 
@@ -268,6 +270,12 @@ def _copy_line(results: dict[str, Any]) -> list[str]:
 
 def _quantize_lines(results: dict[str, Any]) -> list[str]:
     q = results.get("quantize")
+    served_int8 = results["model"].get("quantization")
+    if not q and served_int8:
+        return [f"- int8 static quantisation: the served model is int8 (quantised from version "
+                f"{served_int8.get('source_version')} by `scrapvision models quantize`; both "
+                "cards hold the top-1 comparison). For float vs int8 speed, run "
+                "`python -m bench.quantize --model <float version>`."]
     if not q:
         return ["- int8 static quantisation: not measured in this run (pass --quantize-data)."]
     keep = "kept" if q["keep_int8"] else "not kept"

@@ -404,7 +404,8 @@ def main(argv: list[str] | None = None) -> None:
     results: dict[str, Any] = {
         "machine": machine_info(), "before": before, "pinning": cpus.how,
         "plan": asdict(plan), "model": {"path": str(model), **runner.info.model_dump(
-            include={"name", "version", "architecture", "class_names", "input_size"})},
+            include={"name", "version", "architecture", "class_names", "input_size",
+                     "quantization"})},
         "frames": {name: len(frames) for name, frames in runner.frames.items()},
         "throughput_line": {"deadline_ms": THROUGHPUT_DEADLINE_MS,
                             "max_in_flight": max(plan.streams)},
