@@ -59,21 +59,35 @@ def pin_to(cpus: set[int] | None) -> None:
         os.sched_setaffinity(0, cpus)
 
 
-def machine_info() -> dict[str, Any]:
-    """What a reader needs to compare numbers between machines."""
-    model = platform.processor() or platform.machine()
+# Vector extensions that decide how fast onnxruntime (int8 above all) and PyTorch run.
+SIMD_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
+
+
+def cpu_model_and_simd() -> tuple[str, list[str]]:
+    """CPU model name and which of `SIMD_FLAGS` it has (Linux; elsewhere the platform name)."""
+    model, flags = platform.processor() or platform.machine(), set()
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.is_file():
         for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
                 break
+    return model, [flag for flag in SIMD_FLAGS if flag in flags]
+
+
+def machine_info() -> dict[str, Any]:
+    """What a reader needs to compare numbers between machines."""
+    model, simd = cpu_model_and_simd()
     import onnxruntime  # noqa: PLC0415 - only the version is wanted here
 
     return {
         "date": time.strftime("%Y-%m-%d %H:%M %Z"),
         "host": platform.node(),
         "cpu": model,
+        "simd": simd,
         "cpu_count": os.cpu_count(),
         "os": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(),

@@ -12,6 +12,13 @@ RSS_MB = 600.0
 READY_S = 5.0
 
 
+def _simd(machine: dict[str, Any]) -> str:
+    simd = machine.get("simd")  # absent in results written before it was recorded
+    if simd is None:
+        return "vector extensions not recorded"
+    return ", ".join(simd) if simd else "no AVX"
+
+
 def render(results: dict[str, Any]) -> str:
     machine, model = results["machine"], results["model"]
     serve = results["serve"][0]
@@ -23,7 +30,8 @@ def render(results: dict[str, Any]) -> str:
         "",
         "| | |",
         "|---|---|",
-        f"| machine | {machine['cpu']}, {machine['cpu_count']} CPUs, {machine['os']}, "
+        f"| machine | {machine['cpu']} ({_simd(machine)}), {machine['cpu_count']} CPUs, "
+        f"{machine['os']}, "
         f"Python {machine['python']}, onnxruntime {machine['onnxruntime']} |",
         f"| other load | {_other_load(results)} |",
         f"| model | `{model['name']}:{model['version']}` {model['architecture']}"

@@ -17,7 +17,14 @@ import uvloop
 from tinymodel import BGR, colour_frame
 
 from bench import make_frames
-from bench.common import REPO, latency_summary, load_frames, parse_cpus
+from bench.common import (
+    REPO,
+    SIMD_FLAGS,
+    cpu_model_and_simd,
+    latency_summary,
+    load_frames,
+    parse_cpus,
+)
 from bench.inprocess import Job, Layout, measure
 from bench.load import classify, run_load
 from bench.run_all import (
@@ -94,6 +101,17 @@ def test_layout_and_cpu_parsing() -> None:
             Layout.parse(bad)
     assert parse_cpus("0-2,5") == {0, 1, 2, 5}
     assert parse_cpus(None) is None
+
+
+def test_machine_record_names_the_vector_extensions_the_cpu_has() -> None:
+    model, simd = cpu_model_and_simd()
+    assert model
+    assert set(simd) <= set(SIMD_FLAGS)
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():  # Linux: each flag listed is one the kernel reports, and vice versa
+        flags = next(line for line in cpuinfo.read_text().splitlines()
+                     if line.startswith("flags")).split(":", 1)[1].split()
+        assert simd == [flag for flag in SIMD_FLAGS if flag in flags]
 
 
 def test_latency_summary_percentiles() -> None:
@@ -251,5 +269,6 @@ def test_run_all_quick_writes_results(tiny_model: Path, frames: Path, tmp_path: 
     assert sum(raw["serve"][0]["loads"][-1]["connections"]) >= 1
     text = results.read_text()
     assert "## Targets" in text and "serve RSS" in text and "deadline scenario" in text
+    assert raw["machine"]["simd"] == cpu_model_and_simd()[1]
     if HAS_TORCH:
         assert raw["naive"]["loads"] and "naive" in text
