@@ -31,8 +31,7 @@ def render(results: dict[str, Any]) -> str:
         "| | |",
         "|---|---|",
         f"| machine | {machine['cpu']} ({_simd(machine)}), {machine['cpu_count']} CPUs, "
-        f"{machine['os']}, "
-        f"Python {machine['python']}, onnxruntime {machine['onnxruntime']} |",
+        f"{machine['os']}, Python {machine['python']}, onnxruntime {machine['onnxruntime']} |",
         f"| other load | {_other_load(results)} |",
         f"| model | `{model['name']}:{model['version']}` {model['architecture']}"
         f"{' (int8)' if model.get('quantization') else ''}, "
