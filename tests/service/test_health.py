@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi.testclient import TestClient
 from tinymodel import colour_frame
 
+from scrapvision.service import metrics
 from scrapvision.service.app import create_app
 from scrapvision.settings import LineSettings
 from tests.service.conftest import frame_headers, wait_until
@@ -14,7 +15,32 @@ def test_ready_when_every_line_has_its_model(client: TestClient) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz")
     assert ready.status_code == 200
-    assert ready.json() == {"ready": True, "lines": ["tiny"], "not_ready": []}
+    body = ready.json()
+    workers = body.pop("workers")
+    assert body == {"ready": True, "lines": ["tiny"], "not_ready": []}
+    assert workers["expected"] == 1 and workers["started"] >= 1
+
+
+def test_not_ready_while_another_worker_is_still_starting(make_client, monkeypatch) -> None:
+    """With several worker processes, one that has loaded its models is not enough: a camera
+    connecting now could be handed to a worker still loading, and held there."""
+    client = make_client(workers=2)
+    with monkeypatch.context() as patch:  # undone before the app's shutdown runs
+        patch.setattr(metrics, "multiprocess_mode", lambda: True)
+        patch.setattr(metrics, "workers_started", lambda: 1)
+        waiting = client.get("/readyz")
+        assert waiting.status_code == 503
+        assert waiting.json()["workers"] == {"started": 1, "expected": 2}
+        assert waiting.json()["not_ready"] == []  # its own lines are loaded
+        patch.setattr(metrics, "workers_started", lambda: 2)
+        assert client.get("/readyz").status_code == 200
+
+
+def test_workers_started_counts_this_process_while_its_app_runs(make_settings, audit) -> None:
+    before = metrics.workers_started()
+    with TestClient(create_app(make_settings(), audit_store=audit)):
+        assert metrics.workers_started() == before + 1
+    assert metrics.workers_started() == before
 
 
 def test_line_whose_model_does_not_fit_its_config_is_not_ready(make_client) -> None:

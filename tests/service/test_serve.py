@@ -162,8 +162,9 @@ def test_cameras_connecting_at_once_are_spread_over_both_workers(
         return {pid for pid, conn in server_sockets(process.pid, port)
                 if conn.status == psutil.CONN_LISTEN}
 
-    # /readyz answered by one worker; a worker listens once its app has started
-    wait_until(lambda: len(listening()) == 2, timeout_s=60)
+    # ready means both workers have started, whichever of them answered
+    assert client.get("/readyz").json()["workers"] == {"started": 2, "expected": 2}
+    assert len(listening()) == 2
     # all connected before any is served, as cameras starting together: a burst in the backlog
     cameras = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(32)]
     try:

@@ -67,9 +67,11 @@ def create_app(settings: Settings | None = None, audit_store: AuditSink | None =
         log.info("service started", extra={"lines": sorted(app.state.lines),
                                             "models": sorted(manager.slots)})
         watcher = asyncio.create_task(manager.watch(settings.model_poll_s))
+        metrics.WORKERS_STARTED.inc()  # for /readyz: ready once every worker is
         try:
             yield
         finally:
+            metrics.WORKERS_STARTED.dec()
             watcher.cancel()
             manager.close()
             if publisher:

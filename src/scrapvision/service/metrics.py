@@ -58,6 +58,10 @@ MQTT_NOT_PUBLISHED = Counter(
     "scrapvision_mqtt_not_published_total",
     "Decisions not handed to the MQTT client (its queue full)", ["line"],
 )
+WORKERS_STARTED = Gauge(
+    "scrapvision_workers_started", "Worker processes that have loaded their models and serve",
+    multiprocess_mode="livesum",
+)
 MODEL_INFO = Gauge(
     "scrapvision_model_info", "1 for the model version a process serves, 0 once replaced",
     ["model", "version"], multiprocess_mode="livemax",
@@ -121,6 +125,19 @@ def registry() -> CollectorRegistry:
 def render() -> tuple[bytes, str]:
     """The exposition text, summed over worker processes in multiprocess mode."""
     return generate_latest(registry()), CONTENT_TYPE_LATEST
+
+
+def workers_started() -> int:
+    """Worker processes whose app has started, summed over all of them in multiprocess mode.
+
+    A worker killed without a clean exit keeps counting until its file is removed, so this
+    can exceed the configured number while uvicorn restarts it: compare with `>=`.
+    """
+    families = registry().collect() if multiprocess_mode() else WORKERS_STARTED.collect()
+    for family in families:
+        if family.name == "scrapvision_workers_started":
+            return int(sum(sample.value for sample in family.samples))
+    return 0
 
 
 def audit_totals() -> dict[str, Any]:

@@ -8,6 +8,9 @@ connection by a hash of its addresses, which spreads them evenly over the worker
 
 uvicorn's own supervisor (`Multiprocess`: restart on crash, SIGINT/SIGTERM, SIGHUP/TTIN/TTOU) runs
 the workers as it is; this module only gives it a socket list that each worker binds for itself.
+Each socket listens from the moment it is bound, while its worker still loads its models: the
+kernel spreads only over listening sockets, so otherwise every camera connecting while a
+worker starts up would land, and stay, on the workers already up (bench: 16 of 16).
 """
 
 from __future__ import annotations
@@ -54,7 +57,8 @@ def run(config: Config) -> None:
     """
     log.info("listening on http://%s:%d with %d workers, one SO_REUSEPORT socket each",
              config.host, config.port, config.workers)
-    supervisor = Multiprocess(config, sockets=_BoundInEachWorker(config.host, config.port))
+    sockets = _BoundInEachWorker(config.host, config.port, config.backlog)
+    supervisor = Multiprocess(config, sockets=sockets)
     supervisor.run()
     if any(worker.exitcode == STARTUP_FAILURE for worker in supervisor.processes):
         sys.exit(STARTUP_FAILURE)
@@ -66,21 +70,23 @@ class _BoundInEachWorker(list[socket.socket]):
     Empty in the parent, so the parent has no listening socket the kernel would hand
     connections to. uvicorn passes it to each worker by pickling (its workers are
     multiprocessing 'spawn' children), and unpickled it becomes a list with a SO_REUSEPORT
-    socket that worker has just bound; the worker's uvicorn `Server` listens on it once the
-    app has started, and closes it on shutdown.
+    socket that worker has just bound and listens on; the worker's uvicorn `Server` accepts
+    on it once the app has started, and closes it on shutdown.
     """
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, backlog: int) -> None:
         super().__init__()
-        self.host, self.port = host, port
+        self.host, self.port, self.backlog = host, port, backlog
 
-    def __reduce__(self) -> tuple[Callable[[str, int], list[socket.socket]], tuple[str, int]]:
-        return _bind_reuseport, (self.host, self.port)
+    def __reduce__(self) -> tuple[Callable[[str, int, int], list[socket.socket]],
+                                  tuple[str, int, int]]:
+        return _bind_reuseport, (self.host, self.port, self.backlog)
 
 
-def _bind_reuseport(host: str, port: int) -> list[socket.socket]:
-    """In a starting worker: its own socket on `host:port`, joining the others there.
+def _bind_reuseport(host: str, port: int, backlog: int) -> list[socket.socket]:
+    """In a starting worker: its own listening socket on `host:port`, joining the others there.
 
+    Connections the kernel hands it wait in its backlog until the worker's app has started.
     Runs while the worker unpickles its arguments, before uvicorn configures logging, hence
     the plain message; STARTUP_FAILURE tells `Multiprocess` not to restart it in a loop.
     """
@@ -88,6 +94,7 @@ def _bind_reuseport(host: str, port: int) -> list[socket.socket]:
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
+        sock.listen(backlog)
     except OSError as exc:
         sock.close()
         print(f"cannot listen on {host}:{port}: {exc.strerror}", file=sys.stderr)

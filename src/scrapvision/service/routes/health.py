@@ -15,15 +15,20 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", responses={503: {"description": "some line has no model loaded"}})
+@router.get("/readyz", responses={503: {"description": "some line has no model loaded, "
+                                                     "or some worker is still starting"}})
 async def readyz(request: Request, response: Response) -> dict[str, object]:
-    """Ready only when every configured line has its model loaded."""
+    """Ready only when every configured line has its model loaded and every worker process
+    has started: a camera connecting earlier could be held by a worker still loading."""
     lines = request.app.state.lines
     waiting = sorted(name for name, line in lines.items() if not line.ready)
-    if waiting or not lines:
+    expected = request.app.state.settings.workers if metrics.multiprocess_mode() else 1
+    started = metrics.workers_started()
+    ready = not waiting and bool(lines) and started >= expected
+    if not ready:
         response.status_code = 503
-    return {"ready": not waiting and bool(lines), "lines": sorted(lines),
-            "not_ready": waiting}
+    return {"ready": ready, "lines": sorted(lines), "not_ready": waiting,
+            "workers": {"started": started, "expected": expected}}
 
 
 @router.get("/metrics", response_class=Response)
