@@ -96,7 +96,8 @@ class Plan:
     layouts: tuple[tuple[int, int], ...] = ((2, 1), (1, 2), (1, 1))  # in-process P x T
     # the service's default layout gets the full treatment, then the alternatives
     serve_layouts: tuple[ServeLayout, ...] = (
-        ServeLayout(2, 1), ServeLayout(1, 2), ServeLayout(1, 1, inference_threads=2))
+        ServeLayout(2, 1, inference_threads=2), ServeLayout(2, 1), ServeLayout(1, 2),
+        ServeLayout(1, 1, inference_threads=2))
     batches: tuple[int, ...] = (8,)
     naive: bool = True
 

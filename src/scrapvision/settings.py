@@ -135,7 +135,8 @@ class Settings(BaseSettings):
     workers: int = Field(2, ge=1, description="uvicorn worker processes (default: 2 = cores here)")
     ort_threads: int = Field(1, ge=1, description="onnxruntime intra-op threads per engine")
     inference_threads: int = Field(
-        1, ge=1, description="threads per model and process running decode + inference"
+        2, ge=1, description="threads per model and process running decode + inference "
+        "(2: a worker holding more of the streams can use the other core too)"
     )
     max_batch: int = Field(
         1, ge=1, description="frames per onnxruntime call, from those already waiting "
