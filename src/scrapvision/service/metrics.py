@@ -9,6 +9,7 @@ counters live here too, so `GET /v1/audit/stats` reads back the same totals (`au
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import (
@@ -21,6 +22,7 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+from prometheus_client.samples import Sample
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 _LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.12, 0.16, 0.32, 0.64, 1.28)
@@ -133,21 +135,14 @@ def workers_started() -> int:
     A worker killed without a clean exit keeps counting until its file is removed, so this
     can exceed the configured number while uvicorn restarts it: compare with `>=`.
     """
-    families = registry().collect() if multiprocess_mode() else WORKERS_STARTED.collect()
-    for family in families:
-        if family.name == "scrapvision_workers_started":
-            return int(sum(sample.value for sample in family.samples))
-    return 0
+    return int(sum(sample.value for sample in _samples("scrapvision_workers_started")))
 
 
 def audit_totals() -> dict[str, Any]:
     """The audit counters as `/metrics` shows them (summed over workers in multiprocess
     mode), in the shape of `AuditStore.stats()` plus `workers` (stores running)."""
-    values: dict[tuple[str, str | None], float] = {}
-    for family in registry().collect():
-        if family.name.startswith("scrapvision_audit_"):
-            for sample in family.samples:
-                values[sample.name, sample.labels.get("outcome")] = sample.value
+    values = {(sample.name, sample.labels.get("outcome")): sample.value
+              for sample in _samples("scrapvision_audit_")}
 
     def count(name: str, outcome: str | None = None) -> int:
         return int(values.get((name, outcome), 0))
@@ -166,6 +161,13 @@ def audit_totals() -> dict[str, Any]:
                    "pending": count("scrapvision_audit_review_frames_pending")},
         "workers": count("scrapvision_audit_stores"),
     }
+
+
+def _samples(prefix: str) -> Iterator[Sample]:
+    """Samples of the metrics named `prefix...`, as `/metrics` shows them."""
+    for family in registry().collect():
+        if family.name.startswith(prefix):
+            yield from family.samples
 
 
 def process_exited() -> None:
