@@ -51,7 +51,7 @@ def render(results: dict[str, Any]) -> str:
         "## Throughput and latency",
         "",
         "Closed loop: each stream sends its next frame when the previous answer is back "
-        "(after a 503 it pauses 50 ms). The serve line used here allows "
+        "(after a 503 or an error it pauses 50 ms). The serve line used here allows "
         f"{results['throughput_line']['max_in_flight']} frames in flight per worker and a "
         f"{results['throughput_line']['deadline_ms']:g} ms deadline, so frames that closed-loop "
         "streams keep queued count as throughput; the deadline scenario below uses the "

@@ -28,7 +28,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import psutil
 import uvloop
 
@@ -117,12 +116,10 @@ async def drive(url: str, pid: int, transport: str, lines: list[str], streams: i
                 frames: list[bytes], seconds: float, rate: float | None,
                 deadline_ms: float, sample_s: float) -> list[Sample]:
     """Run the cameras for `seconds` and sample the server while they run."""
-    connector = aiohttp.TCPConnector(limit=0)
-    async with aiohttp.ClientSession(connector=connector,
-                                     timeout=aiohttp.ClientTimeout(total=60)) as session:
-        cameras = [Stream(session, url, transport, lines[i % len(lines)], f"s{i}", deadline_ms)
-                   for i in range(streams)]
-        await asyncio.gather(*(camera.open() for camera in cameras))
+    cameras = [Stream(url, transport, lines[i % len(lines)], f"s{i}", deadline_ms)
+               for i in range(streams)]
+    await asyncio.gather(*(camera.open() for camera in cameras))
+    try:
         await asyncio.gather(*(send_and_wait(camera, frames[0]) for camera in cameras))
         start = time.perf_counter()
         tally = Tally(start, start + seconds)
@@ -133,6 +130,7 @@ async def drive(url: str, pid: int, transport: str, lines: list[str], streams: i
                             phase=i / streams)
             for i, camera in enumerate(cameras)))
         samples = await sampler
+    finally:
         await asyncio.gather(*(camera.close() for camera in cameras))
     return samples
 

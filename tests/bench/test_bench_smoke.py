@@ -270,5 +270,7 @@ def test_run_all_quick_writes_results(tiny_model: Path, frames: Path, tmp_path: 
     text = results.read_text()
     assert "## Targets" in text and "serve RSS" in text and "deadline scenario" in text
     assert raw["machine"]["simd"] == cpu_model_and_simd()[1]
+    loads = raw["serve"][0]["loads"] + (raw["naive"]["loads"] if HAS_TORCH else [])
+    assert all(load["decided"] > 0 and load["error"] == 0 for load in loads)
     if HAS_TORCH:
         assert raw["naive"]["loads"] and "naive" in text
