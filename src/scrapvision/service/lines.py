@@ -27,6 +27,11 @@ from scrapvision.service.sink import DecisionSink
 from scrapvision.settings import LineSettings
 
 
+# Share of its deadline a frame may wait for the model's other onnxruntime call to end
+# before it gets a call beside it (see service/inference.py).
+WAIT_SHARE = 0.25
+
+
 class LineUnavailable(RuntimeError):
     """The line's model is not loaded (yet): the client should retry later (503)."""
 
@@ -98,7 +103,8 @@ class Line:
             return self._finish(loaded, meta, frame, received, fire_time, None, "late")
         self.in_flight += 1
         self._depth.inc()
-        job = InferenceJob(loaded.engine, frame, fire_time, self.max_pixels,
+        wait_until = fire_time - (1.0 - WAIT_SHARE) * self.deadline_s
+        job = InferenceJob(loaded.engine, frame, fire_time, wait_until, self.max_pixels,
                            partial(self._conclude, loaded, meta.item_id))
         try:
             verdict = await asyncio.wrap_future(self.slot.workers.submit(job))

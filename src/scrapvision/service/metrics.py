@@ -40,6 +40,11 @@ INFERENCE_BATCH = Histogram(
     "scrapvision_inference_batch_frames", "Frames per onnxruntime call (micro-batching)",
     ["model"], buckets=(1, 2, 4, 8, 16, 32),
 )
+INFERENCE_SIDE_BY_SIDE = Counter(
+    "scrapvision_inference_side_by_side_total",
+    "onnxruntime calls started while another of the same model and process ran, because "
+    "waiting for it would have made a frame miss its fire time", ["model"],
+)
 QUEUE_DEPTH = Gauge(
     "scrapvision_queue_depth", "Frames queued or in inference per line",
     ["line"], multiprocess_mode="livesum",

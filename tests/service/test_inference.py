@@ -1,0 +1,70 @@
+"""Inference threads: one onnxruntime call at a time while frames can wait, side by side
+once a frame has waited as long as it may."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import wait
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from scrapvision.service import inference
+from scrapvision.service.inference import InferenceJob, InferenceWorkers
+
+CALL_S = 0.2
+
+
+class SlowEngine:
+    """Stands in for `Engine`: each call takes CALL_S and records how many ran at once."""
+
+    input_size = (8, 8)
+    info = SimpleNamespace(colour_order="RGB")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.running = 0
+        self.most_at_once = 0
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        with self._lock:
+            self.running += 1
+            self.most_at_once = max(self.most_at_once, self.running)
+        time.sleep(CALL_S)
+        with self._lock:
+            self.running -= 1
+        return np.full((len(batch), 2), 0.5)
+
+
+@pytest.fixture(autouse=True)
+def no_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(inference, "decode_frame",
+                        lambda *args: np.zeros((8, 8, 3), np.uint8))
+
+
+def run_jobs(engine: SlowEngine, seconds_may_wait: float, count: int) -> list[object]:
+    workers = InferenceWorkers(f"test-{seconds_may_wait}", threads=2)
+    try:
+        now = time.time()
+        jobs = [InferenceJob(engine, b"", now + 60, now + seconds_may_wait, 10**6, lambda p: "ok")
+                for _ in range(count)]
+        futures = [workers.submit(job) for job in jobs]
+        wait(futures, timeout=10)
+        return [future.result() for future in futures]
+    finally:
+        workers.close()
+
+
+def test_calls_run_one_at_a_time_while_frames_can_wait() -> None:
+    engine = SlowEngine()
+    assert run_jobs(engine, seconds_may_wait=60, count=6) == ["ok"] * 6
+    assert engine.most_at_once == 1
+
+
+def test_calls_run_side_by_side_once_a_frame_has_waited_its_share() -> None:
+    engine = SlowEngine()
+    # each frame may wait a tenth of a call: the second cannot wait for the first call
+    assert run_jobs(engine, seconds_may_wait=CALL_S / 10, count=2) == ["ok", "ok"]
+    assert engine.most_at_once == 2
