@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from scrapvision.service import inference
-from scrapvision.service.inference import InferenceJob, InferenceWorkers
+from scrapvision.service.inference import InferenceJob, InferenceWorkers, workers_fill_cores
 
 CALL_S = 0.2
 
@@ -45,7 +45,7 @@ def no_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def run_jobs(engine: SlowEngine, seconds_may_wait: float, count: int) -> list[object]:
-    workers = InferenceWorkers(f"test-{seconds_may_wait}", threads=2)
+    workers = InferenceWorkers(f"test-{seconds_may_wait}", threads=2, one_call_at_a_time=True)
     try:
         now = time.time()
         jobs = [InferenceJob(engine, b"", now + 60, now + seconds_may_wait, 10**6, lambda p: "ok")
@@ -68,3 +68,24 @@ def test_calls_run_side_by_side_once_a_frame_has_waited_its_share() -> None:
     # each frame may wait a tenth of a call: the second cannot wait for the first call
     assert run_jobs(engine, seconds_may_wait=CALL_S / 10, count=2) == ["ok", "ok"]
     assert engine.most_at_once == 2
+
+
+def test_calls_always_run_side_by_side_with_fewer_workers_than_cores() -> None:
+    engine = SlowEngine()
+    workers = InferenceWorkers("test-spare-cores", threads=2)  # one_call_at_a_time off
+    try:
+        now = time.time()
+        futures = [workers.submit(InferenceJob(engine, b"", now + 60, now + 60, 10**6,
+                                               lambda p: "ok")) for _ in range(2)]
+        assert [future.result(timeout=10) for future in futures] == ["ok", "ok"]
+    finally:
+        workers.close()
+    assert engine.most_at_once == 2
+
+
+def test_workers_fill_cores_compares_onnxruntime_threads_with_cpus(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(inference.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert workers_fill_cores(workers=2, ort_threads=1)
+    assert workers_fill_cores(workers=1, ort_threads=2)
+    assert not workers_fill_cores(workers=1, ort_threads=1)

@@ -19,6 +19,7 @@ from scrapvision.registry import ModelRegistry
 from scrapvision.service import metrics
 from scrapvision.service.auth import KeyRing
 from scrapvision.service.limits import BodyLimitMiddleware
+from scrapvision.service.inference import workers_fill_cores
 from scrapvision.service.lines import Line, LineUnavailable
 from scrapvision.service.models import ModelManager
 from scrapvision.service.mqtt import MqttPublisher
@@ -44,8 +45,9 @@ def create_app(settings: Settings | None = None, audit_store: AuditSink | None =
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         registry = ModelRegistry(settings.models_dir)
         line_settings = configured_lines(settings, registry)
-        manager = ModelManager(registry, line_settings, settings.ort_threads,
-                               settings.inference_threads, settings.max_batch)
+        manager = ModelManager(
+            registry, line_settings, settings.ort_threads, settings.inference_threads,
+            settings.max_batch, workers_fill_cores(settings.workers, settings.ort_threads))
         manager.load_all()
         store = audit_store or AuditStore(settings.audit).start()
         publisher = MqttPublisher(settings.mqtt) if settings.mqtt else None

@@ -10,16 +10,19 @@ which makes this a plain thread pool; larger CPUs or GPUs may gain from more.
 Each frame's fire time is checked when its thread picks it up: a frame that waited past it
 is answered None (late) and never decoded or inferred.
 
-The threads of one model run onnxruntime one call at a time while their frames can wait.
-Two calls side by side on a core slice it between them and lose the caches: at 16
-saturating streams over 2 workers that cost 3-5% of the frames/s. A frame that has waited
-a quarter of its line's deadline (`InferenceJob.wait_until`) gets a call beside the other
-at once, so a worker holding most of the streams still takes the second core when the
-other worker leaves it idle.
+When the worker processes' onnxruntime threads already fill the cores
+(`workers_fill_cores`), the threads of one model run onnxruntime one call at a time while
+their frames can wait: a second call would only slice a core with the first and lose the
+caches, which at 16 saturating streams over 2 workers cost 3-5% of the frames/s. A frame
+that has waited a quarter of its line's deadline (`InferenceJob.wait_until`) gets a call
+beside the other at once, so a worker holding most of the streams still takes the second
+core when the other worker leaves it idle. With fewer workers than cores the calls always
+run side by side.
 """
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
@@ -33,6 +36,13 @@ import numpy as np
 from scrapvision.decode import decode_frame
 from scrapvision.engine import Engine
 from scrapvision.service import metrics
+
+
+def workers_fill_cores(workers: int, ort_threads: int) -> bool:
+    """True when the workers' onnxruntime threads are at least as many as this process's
+    CPUs: then the other cores are already busy with the other workers' calls."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return workers * ort_threads >= (cpus or 1)
 
 
 @dataclass(slots=True)
@@ -51,8 +61,10 @@ class InferenceJob:
 
 
 class InferenceWorkers:
-    def __init__(self, name: str, threads: int = 1, max_batch: int = 1) -> None:
+    def __init__(self, name: str, threads: int = 1, max_batch: int = 1,
+                 one_call_at_a_time: bool = False) -> None:
         self.max_batch = max_batch
+        self.one_call_at_a_time = one_call_at_a_time
         self._jobs: queue.SimpleQueue[InferenceJob | None] = queue.SimpleQueue()
         self._batch_sizes = metrics.INFERENCE_BATCH.labels(name)
         self._side_by_side = metrics.INFERENCE_SIDE_BY_SIDE.labels(name)
@@ -126,6 +138,8 @@ class InferenceWorkers:
     def _predict(self, engine: Engine, images: np.ndarray, wait_until: float) -> np.ndarray:
         """`engine.predict` once another thread's call of this model has ended, or beside
         it when that has not happened by `wait_until`."""
+        if not self.one_call_at_a_time:
+            return engine.predict(images)
         alone = self._one_call.acquire(timeout=max(0.0, wait_until - time.time()))
         if not alone:
             self._side_by_side.inc()
