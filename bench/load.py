@@ -113,6 +113,7 @@ class HttpConnection(asyncio.Protocol):
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
             self._fail(ConnectionError(f"bad HTTP answer: {exc}"))
+            self.close()
 
     def on_body(self, body: bytes) -> None:
         self.body.append(body)
@@ -129,6 +130,11 @@ class HttpConnection(asyncio.Protocol):
     def _fail(self, exc: Exception) -> None:
         if self.answer is not None and not self.answer.done():
             self.answer.set_exception(exc)
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
 
     async def request(self, head: bytes, body: bytes) -> tuple[int, bytes]:
         """(status, body) of one request; ConnectionError or TimeoutError when none comes."""
@@ -230,8 +236,7 @@ class Stream:
         if self.ws is not None:
             self.ws.close()
         for connection in self.idle:
-            if connection.transport is not None:
-                connection.transport.close()
+            connection.close()
 
     @property
     def lost(self) -> bool:
@@ -268,8 +273,12 @@ class Stream:
         sent = time.perf_counter()
         try:
             connection = self.idle.pop() if self.idle else await self._connect()
+        except OSError:
+            return self._outcome(sent, 0, None)
+        try:
             status, answer = await connection.request(head, body)
         except (OSError, TimeoutError):
+            connection.close()  # its state is unknown: never reused
             return self._outcome(sent, 0, None)
         if not connection.closed:
             self.idle.append(connection)

@@ -140,7 +140,9 @@ class InferenceWorkers:
         it when that has not happened by `wait_until`."""
         if not self.one_call_at_a_time:
             return engine.predict(images)
-        alone = self._one_call.acquire(timeout=max(0.0, wait_until - time.time()))
+        # a camera clock far ahead must not overflow the timeout
+        patience = min(max(0.0, wait_until - time.time()), threading.TIMEOUT_MAX)
+        alone = self._one_call.acquire(timeout=patience)
         if not alone:
             self._side_by_side.inc()
         try:
