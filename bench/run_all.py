@@ -4,7 +4,8 @@
    reduced-size JPEG decode and with micro-batches;
 2. `scrapvision serve` (its default layout, then alternatives): time to ready, RSS of its
    process tree, HTTP and WebSocket at 1, 4 and 16 streams, and the deadline scenario
-   (4 lines x 15 frames/s, 80 ms);
+   (4 lines x 15 frames/s, 80 ms); then more rounds of the in-process limit, HTTP and WS
+   at 16 streams back to back, so each target ratio is a median over rounds;
 3. the naive baseline (`bench.naive_service`) at the same stream counts;
 4. int8 static quantisation (`bench.quantize`) when labelled data for the model is given.
 
@@ -12,7 +13,7 @@ Servers and in-process workers run on the "server" CPUs, the load generator (thi
 process) on the "client" CPUs: disjoint when there are at least 4 CPUs (or `--pin split`),
 otherwise shared, and the client's own CPU use is reported next to every number.
 
-    python -m bench.run_all                      # full run, about 7 minutes on 2 cores
+    python -m bench.run_all                      # full run, about 10 minutes on 2 cores
     python -m bench.run_all --quick              # a few seconds: checks everything runs
 """
 
@@ -50,7 +51,7 @@ from bench.common import (
     pin_to,
     size_name,
 )
-from bench.inprocess import Job, copy_cost_us, measure
+from bench.inprocess import Job, Layout, copy_cost_us, measure
 from bench.load import run_load
 from scrapvision.engine import Engine
 from scrapvision.modelmeta import ModelInfo
@@ -99,12 +100,17 @@ class Plan:
         ServeLayout(2, 1, inference_threads=2), ServeLayout(2, 1), ServeLayout(1, 2),
         ServeLayout(1, 1, inference_threads=2))
     batches: tuple[int, ...] = (8,)
+    # after the first, this many more rounds of in-process limit, then HTTP and WS at the
+    # most streams, back to back: each target ratio is the median over the rounds, since
+    # the machine's speed drifts by several percent between minutes
+    ratio_rounds: int = 2
     naive: bool = True
 
 
 QUICK = Plan(load_seconds=0.5, warmup_seconds=0.2, inprocess_seconds=0.5, deadline_seconds=1.0,
              streams=(1, 2), frame_sets=("640x480",), max_frames=5, layouts=((1, 1),),
-             serve_layouts=(ServeLayout(1, 1, inference_threads=2),), batches=(2,))
+             serve_layouts=(ServeLayout(1, 1, inference_threads=2),), batches=(2,),
+             ratio_rounds=1)
 
 
 @dataclass
@@ -272,6 +278,12 @@ class Runner:
         self.registry = out / "registry"
         self.info = bench_registry(model, self.registry)
 
+    def inprocess_job(self, frame_set: str, threads: int, batch: int = 1,
+                      reduced: bool = True) -> Job:
+        plan = self.plan
+        return Job(self.model, self.frames_root / frame_set, threads, batch, reduced,
+                   plan.inprocess_seconds, frozenset(self.cpus.server), plan.max_frames)
+
     def inprocess(self) -> list[dict[str, Any]]:
         plan, results = self.plan, []
         variants = [(p, t, 1, True) for p, t in plan.layouts]
@@ -280,8 +292,7 @@ class Runner:
         variants += [(p, t, b, True) for b in plan.batches for p, t in plan.layouts[:2]]
         for frame_set in plan.frame_sets:
             for processes, threads, batch, reduced in variants:
-                job = Job(self.model, self.frames_root / frame_set, threads, batch, reduced,
-                          plan.inprocess_seconds, frozenset(self.cpus.server), plan.max_frames)
+                job = self.inprocess_job(frame_set, threads, batch, reduced)
                 results.append(measure(job, processes))
                 _progress("in-process", results[-1])
         return results
@@ -304,14 +315,16 @@ class Runner:
         _progress(transport, result)
         return result
 
-    def serve(self, layout: ServeLayout, full: bool) -> dict[str, Any]:
-        """Start `scrapvision serve` in one layout and load it (all of it when `full`)."""
+    def serve(self, layout: ServeLayout, full: bool,
+              limits: dict[str, Layout] | None = None) -> dict[str, Any]:
+        """Start `scrapvision serve` in one layout and load it (all of it when `full`,
+        with the ratio rounds against the in-process `limits` layouts per frame set)."""
         plan, port = self.plan, free_port()
         folder = self.out / "serve"
         config = serve_config(folder, self.registry, self.info.name, port, layout,
                               plan.deadline_ms, max(plan.streams))
         command = [sys.executable, "-m", "scrapvision", "serve", "--config", str(config)]
-        loads, deadline = [], []
+        loads, deadline, rounds = [], [], []
         with started(command, "/readyz", port, self.cpus.server,
                      folder / f"serve-{_slug(layout)}.log") as server:
             streams = plan.streams if full else plan.streams[-1:]
@@ -327,9 +340,24 @@ class Runner:
                         server, transport, list(DEADLINE_LINES), len(DEADLINE_LINES),
                         plan.frame_sets[0], plan.deadline_seconds, rate=plan.deadline_rate,
                         deadline_ms=plan.deadline_ms))
+                for frame_set, limit in (limits or {}).items():
+                    rounds += [self.ratio_round(server, frame_set, limit)
+                               for _ in range(plan.ratio_rounds)]
         return {"layout": str(layout), "ready_s": server.ready_s,
                 "rss_mb": server.rss_mb, "pss_mb": server.pss_mb, "loads": loads,
-                "deadline": deadline}
+                "deadline": deadline, "ratio_rounds": rounds}
+
+    def ratio_round(self, server: Server, frame_set: str, limit: Layout) -> dict[str, Any]:
+        """The in-process limit (the server idle meanwhile), then HTTP and WS at the most
+        streams: one more sample of each target ratio, its parts seconds apart."""
+        streams = max(self.plan.streams)
+        inprocess = measure(self.inprocess_job(frame_set, limit.threads), limit.processes)
+        _progress("in-process", inprocess)
+        fps = {transport: self.load(server, transport, [THROUGHPUT_LINE], streams, frame_set,
+                                    self.plan.load_seconds)["fps"]
+               for transport in ("http", "ws")}
+        return {"frame_set": frame_set, "layout": str(limit), "inprocess": inprocess["fps"],
+                **fps}
 
     def naive(self) -> dict[str, Any]:
         port = free_port()
@@ -424,9 +452,12 @@ def main(argv: list[str] | None = None) -> None:
                                       50 if args.quick else 200,
                                       args.frames / plan.frame_sets[0], plan.inprocess_seconds)
     results["serve"] = []
+    limits = {frame_set: Layout.parse(limit["layout"]) for frame_set in plan.frame_sets
+              if (limit := report.inprocess_limit(results, frame_set))}
     for index, layout in enumerate(default_first(plan.serve_layouts)):
         print(f"scrapvision serve {layout}")
-        results["serve"].append(runner.serve(layout, full=index == 0))
+        results["serve"].append(runner.serve(layout, full=index == 0,
+                                             limits=limits if index == 0 else None))
     if plan.naive:
         print("naive baseline")
         results["naive"] = runner.naive()

@@ -16,7 +16,7 @@ import pytest
 import uvloop
 from tinymodel import BGR, colour_frame
 
-from bench import make_frames
+from bench import make_frames, report
 from bench.common import (
     REPO,
     SIMD_FLAGS,
@@ -269,8 +269,27 @@ def test_run_all_quick_writes_results(tiny_model: Path, frames: Path, tmp_path: 
     assert sum(raw["serve"][0]["loads"][-1]["connections"]) >= 1
     text = results.read_text()
     assert "## Targets" in text and "serve RSS" in text and "deadline scenario" in text
+    rounds = raw["serve"][0]["ratio_rounds"]
+    assert [r["frame_set"] for r in rounds] == list(raw["frames"])  # QUICK: one round each
+    assert all(r["inprocess"] > 0 and r["http"] > 0 and r["ws"] > 0 for r in rounds)
+    assert "median of 2 rounds" in text
     assert raw["machine"]["simd"] == cpu_model_and_simd()[1]
     loads = raw["serve"][0]["loads"] + (raw["naive"]["loads"] if HAS_TORCH else [])
     assert all(load["decided"] > 0 and load["error"] == 0 for load in loads)
     if HAS_TORCH:
         assert raw["naive"]["loads"] and "naive" in text
+
+
+def test_ratio_targets_take_the_median_over_rounds() -> None:
+    limit = {"layout": "2x1", "batch": 1, "reduced_decode": True, "frame_set": "640x480",
+             "fps": 100.0}
+    first = {"transport": "ws", "frame_set": "640x480", "streams": 16, "fps": 80.0}
+    rounds = [{"frame_set": "640x480", "layout": "2x1", "inprocess": 100.0, "http": 90.0,
+               "ws": ws} for ws in (95.0, 91.0)]
+    results = {"serve": [{"loads": [first], "deadline": [], "ratio_rounds": rounds,
+                          "rss_mb": 400.0, "pss_mb": 300.0, "ready_s": 1.0}],
+               "plan": {"streams": [16]}, "frames": {"640x480": 200},
+               "inprocess": [limit]}
+    (ws_row,) = [row for row in report._target_rows(results) if row.startswith("| WS")]
+    assert "median of 3 rounds (0.80, 0.95, 0.91) = 0.91x" in ws_row
+    assert ws_row.endswith("| pass |")  # the first pair alone (0.80x) would fail
