@@ -317,8 +317,8 @@ class Runner:
 
     def serve(self, layout: ServeLayout, full: bool,
               limits: dict[str, Layout] | None = None) -> dict[str, Any]:
-        """Start `scrapvision serve` in one layout and load it (all of it when `full`,
-        with the ratio rounds against the in-process `limits` layouts per frame set)."""
+        """Start `scrapvision serve` in one layout and load it (all of it when `full`, then
+        the ratio rounds against the in-process `limits` layouts per frame set)."""
         plan, port = self.plan, free_port()
         folder = self.out / "serve"
         config = serve_config(folder, self.registry, self.info.name, port, layout,
@@ -456,8 +456,7 @@ def main(argv: list[str] | None = None) -> None:
               if (limit := report.inprocess_limit(results, frame_set))}
     for index, layout in enumerate(default_first(plan.serve_layouts)):
         print(f"scrapvision serve {layout}")
-        results["serve"].append(runner.serve(layout, full=index == 0,
-                                             limits=limits if index == 0 else None))
+        results["serve"].append(runner.serve(layout, full=index == 0, limits=limits))
     if plan.naive:
         print("naive baseline")
         results["naive"] = runner.naive()
