@@ -26,7 +26,7 @@ from bench.common import (
     parse_cpus,
 )
 from bench.inprocess import Job, Layout, measure
-from bench.load import classify, run_load
+from bench.load import WS_BINARY, WS_TEXT, Stream, WsConnection, classify, run_load, ws_header
 from bench.run_all import (
     ServeLayout,
     allocate_cpus,
@@ -189,6 +189,41 @@ def test_load_against_the_service(tiny_server, frames: Path, transport: str) -> 
     assert tiny_server.ready_s > 0
     tiny_server.sample_memory()
     assert tiny_server.rss_mb > 0
+
+
+def test_ws_client_refused_by_the_server_says_so(tiny_server) -> None:
+    async def open_unknown_line() -> None:
+        await Stream(tiny_server.url, "ws", "no-such-line", "s0", None).open()
+
+    with pytest.raises(ConnectionError, match="refused"):
+        uvloop.run(open_unknown_line())
+
+
+def test_ws_client_parses_frames_of_every_length_however_they_arrive() -> None:
+    """Server frames are unmasked: 7-bit, 16-bit and 64-bit lengths, split across reads."""
+
+    def server_frame(opcode: int, payload: bytes) -> bytes:
+        client = ws_header(opcode, len(payload))  # the same layout with mask bit and key
+        return bytes((client[0], client[1] & 0x7F)) + client[2:-4] + payload
+
+    answers = [b"x" * 5, b"y" * 300, b"z" * 70_000]
+
+    async def feed() -> list[str | None]:
+        connection = WsConnection("127.0.0.1", 1, "/stream")
+        connection.opened.set_result(None)
+        stream = b"".join(server_frame(WS_TEXT, a) for a in answers)
+        for start in range(0, len(stream), 999):  # reads that cut headers and payloads
+            connection.data_received(stream[start:start + 999])
+        connection.data_received(bytes((0x80 | WS_TEXT, 0x85)) + bytes(9))  # masked: refused
+        return [connection.answers.get_nowait() for _ in range(len(answers) + 1)]
+
+    assert uvloop.run(feed()) == [a.decode() for a in answers] + [None]
+
+
+def test_ws_client_frames_are_masked_with_the_zero_key() -> None:
+    assert ws_header(WS_BINARY, 5) == bytes((0x82, 0x85)) + bytes(4)
+    assert ws_header(WS_BINARY, 300)[:4] == bytes((0x82, 0xFE, 0x01, 0x2C))
+    assert ws_header(WS_BINARY, 70_000)[1] == 0xFF and len(ws_header(WS_BINARY, 70_000)) == 14
 
 
 def test_connection_spread_counts_open_client_connections(tiny_server) -> None:
