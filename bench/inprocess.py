@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import queue
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -77,7 +78,8 @@ def full_size_decode() -> Any:
     return mock.patch("scrapvision.decode.reduction_factor", return_value=1)
 
 
-def _worker(job: Job, start: Any, results: Any) -> None:
+def _worker(job: Job, commands: Any, start: Any, results: Any) -> None:
+    """Load the model and frames once, then measure for as many seconds as each command says."""
     pin_to(set(job.cpus) if job.cpus else None)
     engine = Engine(job.model, threads=job.threads)
     frames = load_frames(job.frames_dir, job.max_frames)
@@ -91,42 +93,82 @@ def _worker(job: Job, start: Any, results: Any) -> None:
     with decode_context:
         for i in range(WARMUP_ITERATIONS):
             step(i)
-        start.wait()
-        done, latencies = 0, []
-        began = time.perf_counter()
-        deadline = began + job.seconds
-        now = began
-        while now < deadline:
-            step(done)
-            done += job.batch
-            previous, now = now, time.perf_counter()
-            latencies.append((now - previous) * 1000)
-    results.put({"frames": done, "elapsed": now - began, "latencies": latencies})
+        while (seconds := commands.get()) is not None:
+            start.wait()
+            done, latencies = 0, []
+            began = time.perf_counter()
+            deadline = began + seconds
+            now = began
+            while now < deadline:
+                step(done)
+                done += job.batch
+                previous, now = now, time.perf_counter()
+                latencies.append((now - previous) * 1000)
+            results.put({"frames": done, "elapsed": now - began, "latencies": latencies})
+
+
+class InprocessPool:
+    """`processes` workers running `job`, started once and measured on request.
+
+    Between measurements the workers wait on a queue and use no CPU, so the limit can be
+    measured in short slices between a server's, seconds apart: this machine's speed drifts
+    by 10-30% between minutes, and a ratio is only as good as the closeness of its parts.
+    """
+
+    def __init__(self, job: Job, processes: int) -> None:
+        self.job, self.processes = job, processes
+        ctx = mp.get_context("spawn")  # onnxruntime and OpenCV threads do not survive fork
+        self._commands, self._results = ctx.Queue(), ctx.Queue()
+        self._start = ctx.Barrier(processes)
+        self._workers = [ctx.Process(target=_worker, daemon=True,
+                                     args=(job, self._commands, self._start, self._results))
+                         for _ in range(processes)]
+
+    def __enter__(self) -> "InprocessPool":
+        for worker in self._workers:
+            worker.start()
+        return self
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        for _ in self._workers:
+            self._commands.put(None)
+        for worker in self._workers:
+            worker.join(timeout=30 if exc_type is None else 0)  # after a failure some wait
+            if worker.is_alive():                                # at the barrier forever
+                worker.kill()
+                worker.join()
+
+    def measure(self, seconds: float) -> dict[str, Any]:
+        """All workers at once for `seconds`; frames/s summed over them."""
+        for _ in self._workers:
+            self._commands.put(seconds)
+        reports: list[dict[str, Any]] = []
+        give_up = time.monotonic() + seconds + 120  # model load and warm-up included
+        while len(reports) < len(self._workers):
+            try:
+                reports.append(self._results.get(timeout=1.0))
+            except queue.Empty:
+                failed = [w.exitcode for w in self._workers if w.exitcode]
+                if failed or time.monotonic() > give_up:
+                    raise RuntimeError(f"in-process worker failed (exit codes {failed}) or "
+                                       "gave no result") from None
+        job = self.job
+        return {
+            "layout": f"{self.processes}x{job.threads}",
+            "batch": job.batch,
+            "reduced_decode": job.reduced_decode,
+            "frame_set": job.frames_dir.name,
+            "frames": sum(r["frames"] for r in reports),
+            "fps": sum(r["frames"] / r["elapsed"] for r in reports),
+            # time of one step (decode + infer of `batch` frames) in one worker
+            **latency_summary([x for r in reports for x in r["latencies"]]),
+        }
 
 
 def measure(job: Job, processes: int) -> dict[str, Any]:
-    """Run `processes` workers on `job` at the same time; frames/s summed over them."""
-    ctx = mp.get_context("spawn")  # onnxruntime and OpenCV threads do not survive fork
-    start, results = ctx.Barrier(processes), ctx.Queue()
-    workers = [ctx.Process(target=_worker, args=(job, start, results)) for _ in range(processes)]
-    for worker in workers:
-        worker.start()
-    reports = [results.get(timeout=job.seconds + 120) for _ in workers]
-    for worker in workers:
-        worker.join()
-        if worker.exitcode:
-            raise RuntimeError(f"in-process worker failed with exit code {worker.exitcode}")
-    frames = sum(r["frames"] for r in reports)
-    return {
-        "layout": f"{processes}x{job.threads}",
-        "batch": job.batch,
-        "reduced_decode": job.reduced_decode,
-        "frame_set": job.frames_dir.name,
-        "frames": frames,
-        "fps": sum(r["frames"] / r["elapsed"] for r in reports),
-        # time of one step (decode + infer of `batch` frames) in one worker
-        **latency_summary([x for r in reports for x in r["latencies"]]),
-    }
+    """Start `processes` workers on `job` and measure them once for `job.seconds`."""
+    with InprocessPool(job, processes) as pool:
+        return pool.measure(job.seconds)
 
 
 def copy_cost_us(frames: list[bytes], repeats: int = 20) -> float:

@@ -4,8 +4,9 @@
    reduced-size JPEG decode and with micro-batches;
 2. `scrapvision serve` (its default layout, then alternatives): time to ready, RSS of its
    process tree, HTTP and WebSocket at 1, 4 and 16 streams, and the deadline scenario
-   (4 lines x 15 frames/s, 80 ms); then more rounds of the in-process limit, HTTP and WS
-   at 16 streams back to back, so each target ratio is a median over rounds;
+   (4 lines x 15 frames/s, 80 ms); then slices of HTTP and WS at 16 streams, each between
+   two slices of the in-process limit, so each target ratio is a median over slices whose
+   parts are seconds apart;
 3. the naive baseline (`bench.naive_service`) at the same stream counts;
 4. int8 static quantisation (`bench.quantize`) when labelled data for the model is given.
 
@@ -51,7 +52,7 @@ from bench.common import (
     pin_to,
     size_name,
 )
-from bench.inprocess import Job, Layout, copy_cost_us, measure
+from bench.inprocess import InprocessPool, Job, Layout, copy_cost_us, measure
 from bench.load import run_load
 from scrapvision.engine import Engine
 from scrapvision.modelmeta import ModelInfo
@@ -100,17 +101,19 @@ class Plan:
         ServeLayout(2, 1, inference_threads=2), ServeLayout(2, 1), ServeLayout(1, 2),
         ServeLayout(1, 1, inference_threads=2))
     batches: tuple[int, ...] = (8,)
-    # after the first, this many more rounds of in-process limit, then HTTP and WS at the
-    # most streams, back to back: each target ratio is the median over the rounds, since
-    # the machine's speed drifts by several percent between minutes
-    ratio_rounds: int = 2
+    # HTTP and WS slices at the most streams, this many of each, every one between two
+    # slices of the in-process limit: each target ratio is the median of the slices' ratios,
+    # since the machine's speed drifts by 10-30% between minutes
+    ratio_rounds: int = 5
+    ratio_slice_seconds: float = 4.0
+    limit_slice_seconds: float = 3.0
     naive: bool = True
 
 
 QUICK = Plan(load_seconds=0.5, warmup_seconds=0.2, inprocess_seconds=0.5, deadline_seconds=1.0,
              streams=(1, 2), frame_sets=("640x480",), max_frames=5, layouts=((1, 1),),
              serve_layouts=(ServeLayout(1, 1, inference_threads=2),), batches=(2,),
-             ratio_rounds=1)
+             ratio_rounds=1, ratio_slice_seconds=0.3, limit_slice_seconds=0.3)
 
 
 @dataclass
@@ -341,23 +344,31 @@ class Runner:
                         plan.frame_sets[0], plan.deadline_seconds, rate=plan.deadline_rate,
                         deadline_ms=plan.deadline_ms))
                 for frame_set, limit in (limits or {}).items():
-                    rounds += [self.ratio_round(server, frame_set, limit)
-                               for _ in range(plan.ratio_rounds)]
+                    rounds += self.ratio_rounds(server, frame_set, limit)
         return {"layout": str(layout), "ready_s": server.ready_s,
                 "rss_mb": server.rss_mb, "pss_mb": server.pss_mb, "loads": loads,
                 "deadline": deadline, "ratio_rounds": rounds}
 
-    def ratio_round(self, server: Server, frame_set: str, limit: Layout) -> dict[str, Any]:
-        """The in-process limit (the server idle meanwhile), then HTTP and WS at the most
-        streams: one more sample of each target ratio, its parts seconds apart."""
-        streams = max(self.plan.streams)
-        inprocess = measure(self.inprocess_job(frame_set, limit.threads), limit.processes)
-        _progress("in-process", inprocess)
-        fps = {transport: self.load(server, transport, [THROUGHPUT_LINE], streams, frame_set,
-                                    self.plan.load_seconds)["fps"]
-               for transport in ("http", "ws")}
-        return {"frame_set": frame_set, "layout": str(limit), "inprocess": inprocess["fps"],
-                **fps}
+    def ratio_rounds(self, server: Server, frame_set: str,
+                     limit: Layout) -> list[dict[str, Any]]:
+        """HTTP and WS slices at the most streams, each between two slices of the in-process
+        limit (the server idle meanwhile): every slice's ratio has its parts seconds apart."""
+        plan, streams = self.plan, max(self.plan.streams)
+        rounds = []
+        with InprocessPool(self.inprocess_job(frame_set, limit.threads), limit.processes) as pool:
+            before = pool.measure(plan.limit_slice_seconds)["fps"]
+            for index in range(plan.ratio_rounds):
+                for transport in ("http", "ws") if index % 2 == 0 else ("ws", "http"):
+                    fps = self.load(server, transport, [THROUGHPUT_LINE], streams, frame_set,
+                                    plan.ratio_slice_seconds)["fps"]
+                    after = pool.measure(plan.limit_slice_seconds)["fps"]
+                    rounds.append({"frame_set": frame_set, "layout": str(limit),
+                                   "transport": transport, "fps": fps,
+                                   "limit_before": before, "limit_after": after})
+                    before = after
+        limits = ", ".join(f"{r['limit_after']:.0f}" for r in rounds)
+        print(f"  in-process {limit} between them: {limits} frames/s", flush=True)
+        return rounds
 
     def naive(self) -> dict[str, Any]:
         port = free_port()

@@ -305,9 +305,12 @@ def test_run_all_quick_writes_results(tiny_model: Path, frames: Path, tmp_path: 
     text = results.read_text()
     assert "## Targets" in text and "serve RSS" in text and "deadline scenario" in text
     rounds = raw["serve"][0]["ratio_rounds"]
-    assert [r["frame_set"] for r in rounds] == list(raw["frames"])  # QUICK: one round each
-    assert all(r["inprocess"] > 0 and r["http"] > 0 and r["ws"] > 0 for r in rounds)
-    assert "median of 2 rounds" in text
+    # QUICK: one slice per transport, each between two limit slices
+    assert [(r["frame_set"], r["transport"]) for r in rounds] == [
+        (frame_set, transport) for frame_set in raw["frames"] for transport in ("http", "ws")]
+    assert all(r["fps"] > 0 and r["limit_before"] > 0 and r["limit_after"] > 0 for r in rounds)
+    assert rounds[0]["limit_after"] == rounds[1]["limit_before"]  # slices share a limit slice
+    assert "median of 1 slices" in text
     assert raw["machine"]["simd"] == cpu_model_and_simd()[1]
     loads = raw["serve"][0]["loads"] + (raw["naive"]["loads"] if HAS_TORCH else [])
     assert all(load["decided"] > 0 and load["error"] == 0 for load in loads)
@@ -315,16 +318,23 @@ def test_run_all_quick_writes_results(tiny_model: Path, frames: Path, tmp_path: 
         assert raw["naive"]["loads"] and "naive" in text
 
 
-def test_ratio_targets_take_the_median_over_rounds() -> None:
+def test_ratio_targets_take_the_median_of_the_slices_between_limit_slices() -> None:
     limit = {"layout": "2x1", "batch": 1, "reduced_decode": True, "frame_set": "640x480",
              "fps": 100.0}
     first = {"transport": "ws", "frame_set": "640x480", "streams": 16, "fps": 80.0}
-    rounds = [{"frame_set": "640x480", "layout": "2x1", "inprocess": 100.0, "http": 90.0,
-               "ws": ws} for ws in (95.0, 91.0)]
+    rounds = [{"frame_set": "640x480", "layout": "2x1", "transport": transport, "fps": fps,
+               "limit_before": before, "limit_after": after}
+              for transport, fps, before, after in (("ws", 95.0, 100.0, 110.0),
+                                                    ("http", 50.0, 110.0, 100.0),
+                                                    ("ws", 84.0, 100.0, 80.0),
+                                                    ("ws", 99.0, 80.0, 120.0))]
     results = {"serve": [{"loads": [first], "deadline": [], "ratio_rounds": rounds,
                           "rss_mb": 400.0, "pss_mb": 300.0, "ready_s": 1.0}],
                "plan": {"streams": [16]}, "frames": {"640x480": 200},
                "inprocess": [limit]}
     (ws_row,) = [row for row in report._target_rows(results) if row.startswith("| WS")]
-    assert "median of 3 rounds (0.80, 0.95, 0.91) = 0.91x" in ws_row
-    assert ws_row.endswith("| pass |")  # the first pair alone (0.80x) would fail
+    # 95 / 105, 84 / 90, 99 / 100: each over the mean of the limit slices around it
+    assert "median of 3 slices (0.90, 0.93, 0.99) = **0.93x**" in ws_row
+    assert ws_row.endswith("| pass |")  # the first pair (0.80x, minutes apart) is not judged
+    assert "| 640x480 | HTTP | 110.0 | 50.0 | 100.0 | 0.48x |" in report._ratio_rounds(
+        results["serve"][0])
