@@ -1,5 +1,5 @@
-"""Inference threads: one onnxruntime call at a time while frames can wait, side by side
-once a frame has waited as long as it may."""
+"""Inference threads: the primary thread takes every frame while frames can wait, a standby
+thread joins it once a frame has waited as long as it may."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def no_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def run_jobs(engine: SlowEngine, seconds_may_wait: float, count: int) -> list[object]:
-    workers = InferenceWorkers(f"test-{seconds_may_wait}", threads=2, one_call_at_a_time=True)
+    workers = InferenceWorkers(f"test-{seconds_may_wait}", threads=2, standby=True)
     try:
         now = time.time()
         jobs = [InferenceJob(engine, b"", now + 60, now + seconds_may_wait, 10**6, lambda p: "ok")
@@ -73,7 +73,7 @@ def test_calls_run_side_by_side_once_a_frame_has_waited_its_share() -> None:
 
 def test_calls_always_run_side_by_side_with_fewer_workers_than_cores() -> None:
     engine = SlowEngine()
-    workers = InferenceWorkers("test-spare-cores", threads=2)  # one_call_at_a_time off
+    workers = InferenceWorkers("test-spare-cores", threads=2)  # standby off
     try:
         now = time.time()
         futures = [workers.submit(InferenceJob(engine, b"", now + 60, now + 60, 10**6,
@@ -90,3 +90,16 @@ def test_workers_fill_cores_compares_onnxruntime_threads_with_cpus(
     assert workers_fill_cores(workers=2, ort_threads=1)
     assert workers_fill_cores(workers=1, ort_threads=2)
     assert not workers_fill_cores(workers=1, ort_threads=1)
+
+
+def test_queued_frames_are_finished_on_close_and_later_ones_refused() -> None:
+    engine = SlowEngine()
+    workers = InferenceWorkers("test-close", threads=2, standby=True)
+    now = time.time()
+    futures = [workers.submit(InferenceJob(engine, b"", now + 60, now + 60, 10**6,
+                                           lambda p: "ok")) for _ in range(3)]
+    workers.close()  # the standby leaves at once, the primary finishes the queue
+    assert [future.result(timeout=0) for future in futures] == ["ok"] * 3
+    assert engine.most_at_once == 1
+    with pytest.raises(RuntimeError, match="closed"):
+        workers.submit(InferenceJob(engine, b"", now + 60, now + 60, 10**6, lambda p: "ok"))

@@ -11,21 +11,23 @@ Each frame's fire time is checked when its thread picks it up: a frame that wait
 is answered None (late) and never decoded or inferred.
 
 When the worker processes' onnxruntime threads already fill the cores
-(`workers_fill_cores`), the threads of one model run onnxruntime one call at a time while
-their frames can wait: a second call would only slice a core with the first and lose the
-caches, which at 16 saturating streams over 2 workers cost 3-5% of the frames/s. A frame
-that has waited a quarter of its line's deadline (`InferenceJob.wait_until`) gets a call
-beside the other at once, so a worker holding most of the streams still takes the second
-core when the other worker leaves it idle. With fewer workers than cores the calls always
-run side by side.
+(`workers_fill_cores`), the first thread of a model is its primary and the others stand by:
+the primary takes every frame, and a standby thread takes one only once it has waited a
+quarter of its line's deadline (`InferenceJob.wait_until`). A second thread working beside
+the first would only slice a core with it and lose the caches, and threads taking frames in
+turn cost a thread wake-up per frame: at 16 saturating WebSocket streams over 2 workers the
+primary alone gave 0.805x the in-process limit against 0.78x (medians of 12 slices). A
+worker holding most of the cameras still takes the second core once its frames wait (4
+cameras x 45 frames/s, 80 ms deadline: 99.8-99.9% in time, p99 36-60 ms). With fewer
+workers than cores every thread takes frames at once.
 """
 
 from __future__ import annotations
 
 import os
-import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -49,7 +51,8 @@ def workers_fill_cores(workers: int, ort_threads: int) -> bool:
 class InferenceJob:
     """One frame to decode and infer; `conclude` turns its probabilities into a result.
 
-    `wait_until`: until when the frame may wait for another thread's call to end."""
+    `wait_until`: until when the frame may wait for the model's busy primary thread before a
+    standby thread takes it."""
 
     engine: Engine
     frame: bytes
@@ -61,47 +64,78 @@ class InferenceJob:
 
 
 class InferenceWorkers:
+    """`threads` inference threads of one model; with `standby`, all but the first take only
+    frames that have waited past their `wait_until`."""
+
     def __init__(self, name: str, threads: int = 1, max_batch: int = 1,
-                 one_call_at_a_time: bool = False) -> None:
+                 standby: bool = False) -> None:
         self.max_batch = max_batch
-        self.one_call_at_a_time = one_call_at_a_time
-        self._jobs: queue.SimpleQueue[InferenceJob | None] = queue.SimpleQueue()
+        self._jobs: deque[InferenceJob] = deque()
+        self._lock = threading.Lock()
+        self._queued = threading.Condition(self._lock)  # primaries wait here for frames
+        self._overdue = threading.Condition(self._lock)  # standbys wait for a frame to wait
+        self._closing = False
         self._batch_sizes = metrics.INFERENCE_BATCH.labels(name)
         self._side_by_side = metrics.INFERENCE_SIDE_BY_SIDE.labels(name)
-        self._one_call = threading.Lock()
-        self._threads = [threading.Thread(target=self._run, name=f"infer-{name}-{i}",
-                                          daemon=True) for i in range(threads)]
+        primaries = 1 if standby else threads
+        self._threads = [threading.Thread(target=self._run, args=(i >= primaries,),
+                                          name=f"infer-{name}-{i}", daemon=True)
+                         for i in range(threads)]
         for thread in self._threads:
             thread.start()
 
     def submit(self, job: InferenceJob) -> Future:
-        self._jobs.put(job)
+        with self._lock:
+            if self._closing:
+                raise RuntimeError("inference workers are closed")
+            self._jobs.append(job)
+            self._queued.notify()
+            if len(self._jobs) == 1:  # the standbys time the new head of the queue
+                self._overdue.notify_all()
         return job.future
 
     def waiting(self) -> int:
         """Frames queued and not yet picked up by a thread."""
-        return self._jobs.qsize()
+        return len(self._jobs)
 
     def close(self) -> None:
         """Finish the frames already queued, then stop the threads."""
-        for _ in self._threads:
-            self._jobs.put(None)
+        with self._lock:
+            self._closing = True
+            self._queued.notify_all()
+            self._overdue.notify_all()
         for thread in self._threads:
             thread.join()
 
-    def _run(self) -> None:
-        while (job := self._jobs.get()) is not None:
-            batch = [job]
-            while len(batch) < self.max_batch:
-                try:
-                    extra = self._jobs.get_nowait()
-                except queue.Empty:
-                    break
-                if extra is None:  # keep the stop signal for the next round
-                    self._jobs.put(None)
-                    break
-                batch.append(extra)
+    def _run(self, standby: bool) -> None:
+        while batch := (self._take_overdue() if standby else self._take()):
+            if standby:
+                self._side_by_side.inc()
             self._infer(batch)
+
+    def _take(self) -> list[InferenceJob]:
+        """The next frames (up to `max_batch`) once there are any; [] once closed and empty."""
+        with self._lock:
+            while not self._jobs and not self._closing:
+                self._queued.wait()
+            return self._pop()
+
+    def _take_overdue(self) -> list[InferenceJob]:
+        """Frames once the oldest has waited as long as it may; [] once closed."""
+        with self._lock:
+            while not self._closing:
+                if not self._jobs:
+                    self._overdue.wait()
+                    continue
+                # a camera clock far ahead must not overflow the timeout
+                patience = min(self._jobs[0].wait_until - time.time(), threading.TIMEOUT_MAX)
+                if patience <= 0:
+                    return self._pop()
+                self._overdue.wait(patience)
+            return []  # the primary finishes what is queued
+
+    def _pop(self) -> list[InferenceJob]:
+        return [self._jobs.popleft() for _ in range(min(self.max_batch, len(self._jobs)))]
 
     def _infer(self, batch: list[InferenceJob]) -> None:
         ready: list[InferenceJob] = []
@@ -126,27 +160,10 @@ class InferenceWorkers:
             try:
                 images_in = (group[0][1][np.newaxis] if len(group) == 1  # a view, no copy
                              else np.stack([image for _, image in group]))
-                probs = self._predict(engine, images_in,
-                                      min(job.wait_until for job, _ in group))
+                probs = engine.predict(images_in)
                 for (job, _), row in zip(group, probs):
                     job.future.set_result(job.conclude(row))
             except Exception as exc:  # noqa: BLE001 - every frame of the call gets the error
                 for job, _ in group:
                     if not job.future.done():
                         job.future.set_exception(exc)
-
-    def _predict(self, engine: Engine, images: np.ndarray, wait_until: float) -> np.ndarray:
-        """`engine.predict` once another thread's call of this model has ended, or beside
-        it when that has not happened by `wait_until`."""
-        if not self.one_call_at_a_time:
-            return engine.predict(images)
-        # a camera clock far ahead must not overflow the timeout
-        patience = min(max(0.0, wait_until - time.time()), threading.TIMEOUT_MAX)
-        alone = self._one_call.acquire(timeout=patience)
-        if not alone:
-            self._side_by_side.inc()
-        try:
-            return engine.predict(images)
-        finally:
-            if alone:
-                self._one_call.release()

@@ -27,8 +27,8 @@ from scrapvision.service.sink import DecisionSink
 from scrapvision.settings import LineSettings
 
 
-# Share of its deadline a frame may wait for the model's other onnxruntime call to end
-# before it gets a call beside it (see service/inference.py).
+# Share of its deadline a frame may wait for the model's busy primary inference thread
+# before a standby thread takes it (see service/inference.py).
 WAIT_SHARE = 0.25
 
 

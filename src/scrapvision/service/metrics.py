@@ -42,8 +42,8 @@ INFERENCE_BATCH = Histogram(
 )
 INFERENCE_SIDE_BY_SIDE = Counter(
     "scrapvision_inference_side_by_side_total",
-    "onnxruntime calls started while another of the same model and process ran, because a "
-    "frame had waited a quarter of its line's deadline for it to end", ["model"],
+    "onnxruntime calls made by a standby inference thread beside the busy primary, because "
+    "a frame had waited a quarter of its line's deadline", ["model"],
 )
 QUEUE_DEPTH = Gauge(
     "scrapvision_queue_depth", "Frames queued or in inference per line",
