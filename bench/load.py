@@ -159,9 +159,10 @@ class WsConnection(asyncio.Protocol):
 
     A load generator, not a browser: frames go out masked with an all-zero key, which any
     server accepts and which leaves the payload as it is, so a 60 KB frame is written
-    straight from its bytes instead of through a masked copy (websockets' protocol cost
-    about 0.25 ms of client CPU per frame, taken from the server on 2 cores). The server
-    still unmasks every byte, so its cost is unchanged. Answers are queued as they arrive.
+    straight from its bytes instead of through a masked copy: 139 us of client user CPU per
+    frame against 178 us with websockets' sans-I/O protocol, CPU taken from the server on 2
+    cores. The server still unmasks every byte, so its cost is unchanged. Answers are
+    queued as they arrive.
     """
 
     def __init__(self, host: str, port: int, path: str) -> None:
