@@ -22,10 +22,15 @@ BGR = {"blue": (255, 0, 0), "green": (0, 255, 0), "red": (0, 0, 255), "grey": (1
 
 def build_tiny_model(path: Path, name: str = "tiny", version: str = "v1",
                      size: tuple[int, int] = (32, 32), sharpness: float = 0.1,
-                     input_size_meta: tuple[int, int] | None = None) -> Path:
-    """Write the model to `path`; `sharpness` scales logits (higher = more confident)."""
+                     input_size_meta: tuple[int, int] | None = None,
+                     weights: np.ndarray | None = None) -> Path:
+    """Write the model to `path`; `sharpness` scales logits (higher = more confident).
+
+    `weights` (3 x 3, channel -> class; default `sharpness` x identity) makes a model with
+    chosen mistakes."""
     h, w = size
-    weights = (np.eye(3, dtype=np.float32) * sharpness)
+    if weights is None:
+        weights = np.eye(3, dtype=np.float32) * sharpness
     nodes = [
         helper.make_node("Cast", [INPUT_NAME], ["f"], to=TensorProto.FLOAT),
         helper.make_node("ReduceMean", ["f", "axes"], ["mean"], keepdims=0),

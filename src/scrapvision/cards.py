@@ -105,6 +105,14 @@ def _quantization(q: dict[str, Any] | None) -> list[str]:
             f"{q['calibration_split']} split"]
 
 
+def _ensemble(e: dict[str, Any] | None) -> list[str]:
+    """The card line of an ensemble (`ModelInfo.ensemble`); none for a single model."""
+    if not e:
+        return []
+    members = ", ".join(f"{m['version']} (val {m['val_top1']:.2%})" for m in e["members"])
+    return [f"- Ensemble ({e['combine']}) of {members}: val {e['val_top1']:.2%}"]
+
+
 def render_markdown(card: dict[str, Any]) -> str:
     """Human-readable card; every figure in it comes from `card` itself."""
     model, data, metrics = card["model"], card["data"], card["metrics"]
@@ -117,6 +125,7 @@ def render_markdown(card: dict[str, Any]) -> str:
         f"{model['input_size'][0]}x{model['input_size'][1]} {model['colour_order']}",
         f"- Classes ({len(model['class_names'])}): {', '.join(model['class_names'])}",
         *_quantization(model.get("quantization")),
+        *_ensemble(model.get("ensemble")),
         f"- Evaluated: {card['evaluated']} with onnxruntime on the serving decode path",
         "",
         "## Data",

@@ -36,6 +36,7 @@ DEFAULT_NOTE = (
 )
 ECE_BINS = 15
 BATCH_SIZE = 32
+DEFAULT_TARGET_PURITY = 0.98  # share of a bin's items that belong in it
 # Temperatures outside this range mean the logits are broken, not merely miscalibrated.
 _LOG_T_RANGE = (math.log(0.05), math.log(20.0))
 
@@ -230,7 +231,7 @@ def class_thresholds(val_probs: np.ndarray, val_labels: np.ndarray, test_probs: 
 
 
 def run_evaluation(model_path: Path, samples: Sequence[Sample], *,
-                   target_purity: float = 0.98, note: str | None = None,
+                   target_purity: float = DEFAULT_TARGET_PURITY, note: str | None = None,
                    data_roots: Sequence[Path] = (), progress: bool = False) -> Evaluation:
     """Evaluate without writing anything: fit on `val`, report on `test`."""
     if not 0.0 < target_purity <= 1.0:
@@ -269,7 +270,8 @@ def run_evaluation(model_path: Path, samples: Sequence[Sample], *,
                   "architecture": engine.info.architecture,
                   "input_size": list(engine.info.input_size),
                   "colour_order": engine.info.colour_order, "class_names": names,
-                  "quantization": engine.info.quantization, "file": str(model_path)},
+                  "quantization": engine.info.quantization,
+                  "ensemble": engine.info.ensemble, "file": str(model_path)},
         "evaluated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "data": {
             "roots": [str(root) for root in data_roots],
@@ -299,7 +301,8 @@ def _class_counts(samples: Sequence[Sample]) -> dict[str, dict[str, int]]:
             for split in SPLITS if any(row_split == split for row_split, _ in counts)}
 
 
-def evaluate_model(model_path: Path, samples: list[Sample], *, target_purity: float = 0.98,
+def evaluate_model(model_path: Path, samples: list[Sample], *,
+                   target_purity: float = DEFAULT_TARGET_PURITY,
                    out_dir: Path | None = None, note: str | None = None,
                    data_roots: Sequence[Path] = (), progress: bool = False) -> dict[str, Any]:
     """Evaluate, write the card (JSON, Markdown, plots) and return it.

@@ -8,7 +8,8 @@ change internally; the only thing the serving side does is decode and resize.
 `quantization` is empty for a float model. An int8 model made by `scrapvision models
 quantize` keeps its float source's metadata (temperature refitted on val by its evaluation)
 and records there {type, source_version, calibration_frames, calibration_split,
-source_temperature}; readers that predate the field ignore it.
+source_temperature}; readers that predate the field ignore it. `ensemble` is likewise empty
+but for a graph made by `scrapvision models ensemble`, and says what it joins.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
 
 # Keys whose values are JSON-encoded in the ONNX string->string metadata map.
-_JSON_KEYS = ("class_names", "input_size", "mean", "std", "metrics", "quantization")
+_JSON_KEYS = ("class_names", "input_size", "mean", "std", "metrics", "quantization",
+              "ensemble")
 
 
 class ModelInfo(BaseModel):
@@ -46,6 +48,12 @@ class ModelInfo(BaseModel):
         description="empty for a float model; for an int8 one (`scrapvision models quantize`): "
                     "{type, source_version, calibration_frames, calibration_split, "
                     "source_temperature, ...}")
+
+    ensemble: dict[str, Any] = Field(
+        default_factory=dict,
+        description="empty for a single model; for one made by `scrapvision models "
+                    "ensemble`: {combine, members: [{version, architecture, quantized, "
+                    "val_top1}], val_top1}")
 
     @property
     def num_classes(self) -> int:

@@ -233,6 +233,53 @@ def quantize(
                       f"--max-drop {max_drop:g}; {before} stays active")
 
 
+@models_app.command("ensemble")
+def ensemble(
+    name: Annotated[str, typer.Argument(help="Model name.")],
+    versions: Annotated[list[str], typer.Argument(
+        help="Two or more versions of NAME to join, e.g. v3 v5.")],
+    data: DataRoots,
+    split_csv: SplitCsv = None,
+    promote: Annotated[bool, typer.Option(
+        "--promote", help="Make the ensemble active if its val top-1 beats every member's.")
+    ] = False,
+    target_purity: Annotated[float | None, typer.Option(
+        "--target-purity", min=0.5, max=1.0,
+        help="Bin purity the thresholds must reach (default: the best member's card's).")
+    ] = None,
+    note: Annotated[str | None, typer.Option(
+        "--note", help="What the data is and is not (default: the best member's card's).")
+    ] = None,
+    models_dir: ModelsDir = Path("models"),
+) -> None:
+    """Join versions into one graph averaging their logits, as a new version; evaluate it."""
+    from scrapvision.ensemble import ensemble_versions
+
+    with _clear_errors(status=2):
+        before = ModelRegistry(models_dir).active(name)
+        samples = _samples(data, split_csv)
+        console.print(f"joining {name} {' + '.join(versions)}, then evaluating the ensemble "
+                      "and its best member")
+        result = ensemble_versions(models_dir, name, versions, samples, promote=promote,
+                                   target_purity=target_purity, note=note, data_roots=data,
+                                   progress=console.is_terminal)
+    record = result.info.ensemble
+    members = ", ".join(f"{m['version']} {m['val_top1']:.2%}" for m in record["members"])
+    new, best = f"{name}:{result.version}", f"{name}:{result.best_member}"
+    console.print(f"{new} registered ({record['combine']}); val top-1: members {members}, "
+                  f"ensemble {record['val_top1']:.2%}; card written to {result.path.parent}")
+    refs = [f"{new} (ensemble)", best]
+    console.print(_summary_table(result.ensemble.card, result.best.card, refs))
+    console.print(_class_table(result.ensemble.card, result.best.card, refs))
+    console.print(result.comparison["verdict"])
+    if result.promoted:
+        console.print(f"{name}: active version is now {result.version} (was {before})")
+    else:
+        why = "" if result.beats_members else " (its val top-1 does not beat every member's)"
+        console.print(f"{before} stays active{why}; promote with `scrapvision models promote "
+                      f"{name} {result.version}`")
+
+
 @models_app.command("promote")
 def promote(
     name: Annotated[str, typer.Argument(help="Model name.")],

@@ -36,6 +36,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 from scrapvision.datasets import Sample
 from scrapvision.engine import Engine
 from scrapvision.evaluation import (
+    DEFAULT_TARGET_PURITY,
     Evaluation,
     compare_evaluations,
     decode_sample,
@@ -49,7 +50,6 @@ QUANTIZATION_TYPE = "static QDQ, per-channel int8 weights, uint8 activations"
 CALIBRATION_SPLIT = "train"  # never val (calibration, thresholds) nor test (reporting)
 DEFAULT_CALIBRATION_FRAMES = 200
 MAX_TOP1_DROP_POINTS = 0.5  # the performance issue's rule for keeping int8
-DEFAULT_TARGET_PURITY = 0.98
 # Operators only a quantised graph has: a source made outside this command is refused too.
 _QUANTIZED_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear",
                             "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger"})
