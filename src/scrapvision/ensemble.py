@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -142,9 +142,13 @@ class EnsembleResult:
 
     @property
     def beats_members(self) -> bool:
-        """True when the ensemble's val top-1 is above every member's."""
-        record = self.info.ensemble
-        return record["val_top1"] > max(m["val_top1"] for m in record["members"])
+        return beats_members(self.info)
+
+
+def beats_members(info: ModelInfo) -> bool:
+    """True when an ensemble's val top-1 is above every member's."""
+    record = info.ensemble
+    return record["val_top1"] > max(m["val_top1"] for m in record["members"])
 
 
 def ensemble_versions(models_dir: Path, name: str, versions: Sequence[str],
@@ -179,9 +183,8 @@ def ensemble_versions(models_dir: Path, name: str, versions: Sequence[str],
     write_evaluation(ensemble, path)  # card next to it, its own temperature stored in it
     comparison = compare_evaluations(ensemble, best_evaluation,
                                      (f"{name}:{new_version}", f"{name}:{best}"))
-    result = EnsembleResult(name, new_version, path, info, best, ensemble, best_evaluation,
-                            comparison, promoted=False)
-    if promote and result.beats_members:
+    promoted = promote and beats_members(info)
+    if promoted:
         registry.promote(name, new_version)
-        result = replace(result, promoted=True)
-    return result
+    return EnsembleResult(name, new_version, path, info, best, ensemble, best_evaluation,
+                          comparison, promoted)
