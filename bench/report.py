@@ -297,8 +297,8 @@ def _serve_layout_lines(results: dict[str, Any]) -> list[str]:
             run = _find(serve["loads"], transport, frame_set, streams)
             if run:
                 cells.append(f"{serve['layout']} {transport.upper()} {run['fps']:.1f}")
-    return [f"- `scrapvision serve` layouts (worker processes x onnxruntime threads, and "
-            "inference threads sharing a session) at "
+    return [f"- `scrapvision serve` layouts (worker processes x onnxruntime threads; "
+            "inference on each worker's event loop or in threads sharing its session) at "
             f"{streams} streams, {frame_set}, frames/s: " + "; ".join(cells) + ". "
             "Ready in " + ", ".join(f"{s['layout']} {s['ready_s']:.2f} s"
                                       for s in results["serve"]) + "."]

@@ -68,18 +68,21 @@ THROUGHPUT_DEADLINE_MS = 1000.0
 
 @dataclass(frozen=True)
 class ServeLayout:
-    """How `scrapvision serve` runs inference: worker processes, each with
-    `inference_threads` threads sharing one onnxruntime session of `ort_threads` threads."""
+    """How `scrapvision serve` runs inference: worker processes, each with one onnxruntime
+    session of `ort_threads` threads, used on the event loop (`inference` "loop", with
+    `inference_threads` standing by) or by `inference_threads` threads."""
 
     workers: int
     ort_threads: int
+    inference: str = "loop"
     inference_threads: int = 1
 
     def __str__(self) -> str:
         label = f"{self.workers}x{self.ort_threads}"
-        if self.inference_threads > 1:
-            label += f" ({self.inference_threads} inference threads)"
-        return label
+        if self.inference == "loop":
+            return f"{label} (on the event loop)"
+        plural = "s" if self.inference_threads > 1 else ""
+        return f"{label} ({self.inference_threads} inference thread{plural})"
 
 
 @dataclass(frozen=True)
@@ -98,8 +101,8 @@ class Plan:
     layouts: tuple[tuple[int, int], ...] = ((2, 1), (1, 2), (1, 1))  # in-process P x T
     # the service's default layout gets the full treatment, then the alternatives
     serve_layouts: tuple[ServeLayout, ...] = (
-        ServeLayout(2, 1, inference_threads=2), ServeLayout(2, 1), ServeLayout(1, 2),
-        ServeLayout(1, 1, inference_threads=2))
+        ServeLayout(2, 1), ServeLayout(2, 1, "threads", 2), ServeLayout(1, 2),
+        ServeLayout(1, 1, "threads", 2))
     batches: tuple[int, ...] = (8,)
     # HTTP and WS slices at the most streams, this many of each, every one between two
     # slices of the in-process limit: each target ratio is the median of the slices' ratios,
@@ -112,7 +115,7 @@ class Plan:
 
 QUICK = Plan(load_seconds=0.5, warmup_seconds=0.2, inprocess_seconds=0.5, deadline_seconds=1.0,
              streams=(1, 2), frame_sets=("640x480",), max_frames=5, layouts=((1, 1),),
-             serve_layouts=(ServeLayout(1, 1, inference_threads=2),), batches=(2,),
+             serve_layouts=(ServeLayout(1, 1),), batches=(2,),
              ratio_rounds=1, ratio_slice_seconds=0.3, limit_slice_seconds=0.3)
 
 
@@ -143,12 +146,12 @@ def default_first(layouts: tuple[ServeLayout, ...]) -> list[ServeLayout]:
     """`scrapvision serve`'s default layout (from its settings), then the other `layouts`."""
     fields = Settings.model_fields
     default = ServeLayout(fields["workers"].default, fields["ort_threads"].default,
-                          fields["inference_threads"].default)
+                          fields["inference"].default, fields["inference_threads"].default)
     return [default, *(layout for layout in layouts if layout != default)]
 
 
 def _slug(layout: ServeLayout) -> str:
-    return f"{layout.workers}x{layout.ort_threads}x{layout.inference_threads}"
+    return f"{layout.workers}x{layout.ort_threads}-{layout.inference}{layout.inference_threads}"
 
 
 def _cpu_list(cpus: set[int]) -> str:
@@ -259,7 +262,7 @@ def serve_config(folder: Path, registry: Path, model_name: str, port: int, layou
     lines |= {name: {"model": model_name, "deadline_ms": deadline_ms} for name in DEADLINE_LINES}
     settings = {
         "port": port, "workers": layout.workers, "ort_threads": layout.ort_threads,
-        "inference_threads": layout.inference_threads,
+        "inference": layout.inference, "inference_threads": layout.inference_threads,
         "models_dir": str(registry), "lines": lines,
         "audit": {"url": f"sqlite:///{data / 'audit.db'}", "frames_dir": str(data / "frames")},
         "log_level": "warning",

@@ -72,6 +72,12 @@ def test_bad_line_config_says_why(fields: dict, message: str) -> None:
         LineSettings(model="m", **fields)
 
 
+def test_inference_in_threads_needs_a_thread() -> None:
+    assert Settings(inference="loop", inference_threads=0).inference_threads == 0
+    with pytest.raises(ValidationError, match="needs inference_threads >= 1"):
+        Settings(inference="threads", inference_threads=0)
+
+
 def test_deadline_defaults_to_80_ms() -> None:
     assert LineSettings(model="m").effective_deadline_ms == 80.0
     assert LineSettings(model="m", deadline_ms=40).effective_deadline_ms == 40.0

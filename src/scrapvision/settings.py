@@ -134,9 +134,16 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535)
     workers: int = Field(2, ge=1, description="uvicorn worker processes (default: 2 = cores here)")
     ort_threads: int = Field(1, ge=1, description="onnxruntime intra-op threads per engine")
+    inference: Literal["loop", "threads"] = Field(
+        "loop", description="where decode + inference run: on each worker's event loop "
+        "(no hand-off: fastest when workers x ort_threads fill the cores), or in threads "
+        "so the loop stays free"
+    )
     inference_threads: int = Field(
-        2, ge=1, description="threads per model and process running decode + inference "
-        "(2: a worker holding more of the streams can use the other core too)"
+        1, ge=0, description="threads per model and process: with inference 'loop' they "
+        "stand by for frames that waited a quarter of their deadline behind the loop (a "
+        "worker holding most of the streams can use another core too); with 'threads' they "
+        "take the frames"
     )
     max_batch: int = Field(
         1, ge=1, description="frames per onnxruntime call, from those already waiting "
@@ -158,6 +165,12 @@ class Settings(BaseSettings):
     mqtt: MqttSettings | None = None
     audit: AuditSettings = Field(default_factory=AuditSettings)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @model_validator(mode="after")
+    def _threads_to_infer(self) -> "Settings":
+        if self.inference == "threads" and self.inference_threads == 0:
+            raise ValueError("inference 'threads' needs inference_threads >= 1")
+        return self
 
     @classmethod
     def settings_customise_sources(

@@ -154,6 +154,7 @@ def test_serve_default_layout_is_measured_first() -> None:
     layouts = default_first((ServeLayout(1, 2), ServeLayout(9, 1)))
     assert layouts[0] == ServeLayout(defaults["workers"].default,
                                      defaults["ort_threads"].default,
+                                     defaults["inference"].default,
                                      defaults["inference_threads"].default)
     assert layouts[1:] == [x for x in (ServeLayout(1, 2), ServeLayout(9, 1)) if x != layouts[0]]
 

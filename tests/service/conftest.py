@@ -64,9 +64,11 @@ def make_settings(models_dir: Path, tmp_path: Path) -> Callable[..., Settings]:
                               frames_dir=tmp_path / "frames", commit_interval_ms=20)
         line = LineSettings(model="tiny", deadline_ms=SLOW_BOX_DEADLINE_MS)
         # one inference thread: the queueing tests hold it and watch frames wait behind it
+        # while the event loop (TestClient's portal) goes on answering
         values: dict[str, Any] = {"models_dir": models_dir, "audit": audit,
                                   "lines": {"tiny": line}, "model_poll_s": 0.05,
-                                  "inference_threads": 1, **overrides}
+                                  "inference": "threads", "inference_threads": 1,
+                                  **overrides}
         return Settings(**values)
 
     return make

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 
@@ -11,6 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 from tinymodel import colour_frame
 
+from scrapvision.service.lines import FrameMeta
 from scrapvision.settings import LineSettings
 from tests.service.conftest import RecordingAudit, frame_headers, wait_until
 
@@ -107,6 +109,21 @@ def test_full_line_answers_503_with_retry_after(make_client, hold,
     assert refused.json()["action"] == "overload" and refused.json()["frame_id"] == "b"
     assert first[0].status_code == 200 and first[0].json()["action"] == "eject"
     assert sorted(audit.actions()) == ["eject", "overload"]
+
+
+def test_on_the_event_loop_frames_arriving_together_beyond_max_in_flight_get_overload(
+        make_client, audit: RecordingAudit) -> None:
+    client = make_client(inference="loop", lines={"tiny": LineSettings(
+        model="tiny", deadline_ms=60_000, max_in_flight=2)})
+    line = client.app.state.lines["tiny"]
+
+    async def arrive_together() -> list[str]:
+        records = await asyncio.gather(*(
+            line.decide(colour_frame("red"), FrameMeta(f"f{i}"), time.time()) for i in range(3)))
+        return [record.action for record in records]
+
+    assert client.portal.call(arrive_together) == ["eject", "eject", "overload"]
+    assert sorted(audit.actions()) == ["eject", "eject", "overload"]
 
 
 def test_frame_that_waits_past_its_fire_time_is_not_processed(make_client, hold,

@@ -1,8 +1,11 @@
-"""Inference threads: the primary thread takes every frame while frames can wait, a standby
-thread joins it once a frame has waited as long as it may."""
+"""Where inference runs: the primary (the event loop, or the first inference thread) takes
+every frame while frames can wait, a standby thread joins it once a frame has waited as
+long as it may."""
 
 from __future__ import annotations
 
+import asyncio
+import struct
 import threading
 import time
 from concurrent.futures import wait
@@ -27,9 +30,11 @@ class SlowEngine:
         self._lock = threading.Lock()
         self.running = 0
         self.most_at_once = 0
+        self.threads: list[str] = []  # the thread of each call
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         with self._lock:
+            self.threads.append(threading.current_thread().name)
             self.running += 1
             self.most_at_once = max(self.most_at_once, self.running)
         time.sleep(CALL_S)
@@ -103,3 +108,65 @@ def test_queued_frames_are_finished_on_close_and_later_ones_refused() -> None:
     assert engine.most_at_once == 1
     with pytest.raises(RuntimeError, match="closed"):
         workers.submit(InferenceJob(engine, b"", now + 60, now + 60, 10**6, lambda p: "ok"))
+
+
+def run_on_loop(engine: SlowEngine, standbys: int, seconds_may_wait: float,
+                seconds_to_fire: float, count: int, frame: bytes = b"") -> list[object]:
+    """`count` frames arriving together at a worker that infers on its event loop."""
+    workers = InferenceWorkers(f"test-loop-{standbys}", threads=standbys, on_loop=True)
+
+    async def arrive_together() -> list[object]:
+        await asyncio.sleep(0.05)  # the standbys are waiting for work
+        now = time.time()
+        jobs = [InferenceJob(engine, frame, now + seconds_to_fire, now + seconds_may_wait,
+                             10**6, lambda p: "ok") for _ in range(count)]
+        return await asyncio.gather(*(workers.run(job) for job in jobs))
+
+    try:
+        return asyncio.run(arrive_together())
+    finally:
+        workers.close()
+
+
+def test_on_the_loop_frames_are_inferred_in_its_thread_one_at_a_time() -> None:
+    engine = SlowEngine()
+    assert run_on_loop(engine, standbys=1, seconds_may_wait=60, seconds_to_fire=60,
+                       count=3) == ["ok"] * 3
+    assert engine.threads == [threading.current_thread().name] * 3
+    assert engine.most_at_once == 1
+
+
+def test_on_the_loop_a_frame_that_waited_its_share_goes_to_an_idle_standby() -> None:
+    engine = SlowEngine()
+    # the 2nd frame waits a whole call behind the 1st: overdue, so the idle standby takes
+    # it; the 3rd is overdue too but the standby is busy, so the loop infers it meanwhile
+    assert run_on_loop(engine, standbys=1, seconds_may_wait=CALL_S / 4, seconds_to_fire=60,
+                       count=3) == ["ok"] * 3
+    loop_thread = threading.current_thread().name
+    assert sorted(engine.threads) == sorted([loop_thread, loop_thread, "infer-test-loop-1-0"])
+    assert engine.most_at_once == 2
+
+
+def test_on_the_loop_a_frame_whose_fire_time_passed_while_it_waited_is_not_inferred() -> None:
+    engine = SlowEngine()
+    # no standby: the 2nd frame waits behind the 1st call, past its fire time
+    assert run_on_loop(engine, standbys=0, seconds_may_wait=CALL_S / 4,
+                       seconds_to_fire=CALL_S / 2, count=2) == ["ok", None]
+    assert len(engine.threads) == 1
+
+
+def png_header(width: int, height: int) -> bytes:
+    return b"\x89PNG\r\n\x1a\n\x00\x00\x00\x0dIHDR" + struct.pack(">II", width, height)
+
+
+@pytest.mark.parametrize(("standbys", "width", "on_loop"), [
+    (1, 1920, True),  # 1080p: decoded on the loop
+    (1, 2000, False),  # larger: a standby decodes it, so the loop is not held
+    (0, 4000, True),  # no standby to take it: the loop decodes it
+])
+def test_on_the_loop_frames_larger_than_1080p_go_to_a_standby(
+        standbys: int, width: int, on_loop: bool) -> None:
+    engine = SlowEngine()
+    assert run_on_loop(engine, standbys, seconds_may_wait=60, seconds_to_fire=60, count=1,
+                       frame=png_header(width, 1080)) == ["ok"]
+    assert (engine.threads == [threading.current_thread().name]) is on_loop

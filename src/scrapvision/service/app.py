@@ -47,7 +47,8 @@ def create_app(settings: Settings | None = None, audit_store: AuditSink | None =
         line_settings = configured_lines(settings, registry)
         manager = ModelManager(
             registry, line_settings, settings.ort_threads, settings.inference_threads,
-            settings.max_batch, workers_fill_cores(settings.workers, settings.ort_threads))
+            settings.max_batch, workers_fill_cores(settings.workers, settings.ort_threads),
+            on_loop=settings.inference == "loop")
         manager.load_all()
         store = audit_store or AuditStore(settings.audit).start()
         publisher = MqttPublisher(settings.mqtt) if settings.mqtt else None

@@ -1,29 +1,38 @@
-"""Inference threads of one model, with optional micro-batching.
+"""Where a model's frames are decoded and inferred: on the event loop, or in threads.
 
-Each model has `threads` threads taking frames from one queue. A thread takes the next frame
-and, when `max_batch` > 1, whatever else is already waiting (up to `max_batch`), decodes
-them and runs them through onnxruntime in one call. Nothing waits for a batch to fill: a
-lone frame is inferred at once. On 2 CPU cores batching lost 10-30% (onnxruntime's
-per-image cost does not fall with batch size there), so the default is `max_batch` = 1,
-which makes this a plain thread pool; larger CPUs or GPUs may gain from more.
+`inference: loop` (the default): each worker process decodes and infers a frame on its
+event loop, in the request's own task, with no hand-off to a thread and back, no thread
+wake-up and no contention for the GIL: the in-process limit's own layout, plus HTTP. With
+2 workers x 1 onnxruntime thread on 2 cores, 16 saturating streams gave 0.85x the
+in-process limit over HTTP and 0.88x over WebSocket, against 0.77-0.82x and 0.83-0.85x
+with a primary and a standby inference thread per worker (medians of 5 alternating slices
+each, bench/RESULTS.md). While a frame is inferred (~5 ms) the loop reads nothing: the
+next frames wait in their sockets, which TCP bounds. A frame yields to the loop once before
+its inference, so frames that arrived together all count as in flight (the line's
+`max_in_flight` still answers 503) and each is checked against its fire time when its turn
+comes. The `threads` threads stand by: a frame that has waited behind the loop past its
+`wait_until` (a quarter of its line's deadline) goes to an idle one, so a worker holding
+most of the cameras still takes another core; so does any frame larger than 1080p
+(`LOOP_MAX_PIXELS`), whose decode would hold the loop. Frames go one at a time.
 
-Each frame's fire time is checked when its thread picks it up: a frame that waited past it
-is answered None (late) and never decoded or inferred.
+`inference: threads`: the loop stays free and the model's `threads` threads take frames
+from one queue. A thread takes the next frame and, when `max_batch` > 1, whatever else is
+already waiting (up to `max_batch`), and runs them through onnxruntime in one call. Nothing
+waits for a batch to fill: a lone frame is inferred at once. On 2 CPU cores batching lost
+10-30% (onnxruntime's per-image cost does not fall with batch size there); larger CPUs or
+GPUs may gain from it. When the worker processes' onnxruntime threads already fill the
+cores (`workers_fill_cores`), the first thread is the primary and takes every frame, and
+the others stand by as above (the primary alone: 0.805x against 0.78x over WebSocket for
+two threads taking frames in turn, 12 slices each). With fewer workers than cores every
+thread takes frames at once.
 
-When the worker processes' onnxruntime threads already fill the cores
-(`workers_fill_cores`), the first thread of a model is its primary and the others stand by:
-the primary takes every frame, and a standby thread takes one only once it has waited a
-quarter of its line's deadline (`InferenceJob.wait_until`). A second thread working beside
-the first would only slice a core with it and lose the caches, and threads taking frames in
-turn cost a thread wake-up per frame: at 16 saturating WebSocket streams over 2 workers the
-primary alone gave 0.805x the in-process limit against 0.78x (medians of 12 slices). A
-worker holding most of the cameras still takes the second core once its frames wait (4
-cameras x 45 frames/s, 80 ms deadline: 99.8-99.9% in time, p99 36-60 ms). With fewer
-workers than cores every thread takes frames at once.
+Either way a frame's fire time is checked when its inference starts: a frame that waited
+past it is answered None (late) and never decoded or inferred.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 import time
@@ -35,9 +44,15 @@ from typing import Any
 
 import numpy as np
 
-from scrapvision.decode import decode_frame
+from scrapvision.decode import DecodeError, decode_frame, header_size
 from scrapvision.engine import Engine
 from scrapvision.service import metrics
+
+
+# Frames of more pixels than 1080p go to the standby threads even when inference runs on
+# the loop: the costliest frame the decode limits admit (a 40 MP PNG) takes about 1 s to
+# decode, and on the loop it would hold every other frame of its worker that long.
+LOOP_MAX_PIXELS = 1920 * 1080
 
 
 def workers_fill_cores(workers: int, ort_threads: int) -> bool:
@@ -64,12 +79,15 @@ class InferenceJob:
 
 
 class InferenceWorkers:
-    """`threads` inference threads of one model; with `standby`, all but the first take only
-    frames that have waited past their `wait_until`."""
+    """Inference of one model: on the event loop (`on_loop`) with `threads` standing by, or in
+    `threads` threads of which, with `standby`, all but the first take only frames that have
+    waited past their `wait_until`."""
 
     def __init__(self, name: str, threads: int = 1, max_batch: int = 1,
-                 standby: bool = False) -> None:
+                 standby: bool = False, on_loop: bool = False) -> None:
         self.max_batch = max_batch
+        self.on_loop = on_loop
+        self._idle_standbys = 0  # standbys waiting for a frame
         self._jobs: deque[InferenceJob] = deque()
         self._lock = threading.Lock()
         self._queued = threading.Condition(self._lock)  # primaries wait here for frames
@@ -77,12 +95,34 @@ class InferenceWorkers:
         self._closing = False
         self._batch_sizes = metrics.INFERENCE_BATCH.labels(name)
         self._side_by_side = metrics.INFERENCE_SIDE_BY_SIDE.labels(name)
-        primaries = 1 if standby else threads
+        primaries = 0 if on_loop else 1 if standby else threads
         self._threads = [threading.Thread(target=self._run, args=(i >= primaries,),
                                           name=f"infer-{name}-{i}", daemon=True)
                          for i in range(threads)]
         for thread in self._threads:
             thread.start()
+
+    async def run(self, job: InferenceJob) -> Any:
+        """The job's result (None: late), inferred on this event loop or by a thread."""
+        if not self.on_loop:
+            return await asyncio.wrap_future(self.submit(job))
+        if self._threads and _pixels(job.frame) > LOOP_MAX_PIXELS:
+            job.wait_until = 0.0  # a standby takes it at once
+            return await asyncio.wrap_future(self.submit(job))
+        await asyncio.sleep(0)  # frames that arrived with this one take their places first
+        if time.time() > job.wait_until and self._hand_to_idle_standby(job):
+            return await asyncio.wrap_future(job.future)
+        self._infer([job])
+        return job.future.result()
+
+    def _hand_to_idle_standby(self, job: InferenceJob) -> bool:
+        """Queue `job` if a standby is idle and not yet handed a frame; else False."""
+        with self._lock:
+            if self._closing or self._idle_standbys <= len(self._jobs):
+                return False
+            self._jobs.append(job)
+            self._overdue.notify()
+            return True
 
     def submit(self, job: InferenceJob) -> Future:
         with self._lock:
@@ -125,7 +165,9 @@ class InferenceWorkers:
         with self._lock:
             while not self._closing:
                 if not self._jobs:
+                    self._idle_standbys += 1
                     self._overdue.wait()
+                    self._idle_standbys -= 1
                     continue
                 # a camera clock far ahead must not overflow the timeout
                 patience = min(self._jobs[0].wait_until - time.time(), threading.TIMEOUT_MAX)
@@ -167,3 +209,12 @@ class InferenceWorkers:
                 for job, _ in group:
                     if not job.future.done():
                         job.future.set_exception(exc)
+
+
+def _pixels(frame: bytes) -> int:
+    """Pixels the frame's header declares; 0 when unreadable (decoding reports why)."""
+    try:
+        width, height = header_size(frame)
+    except DecodeError:
+        return 0
+    return width * height

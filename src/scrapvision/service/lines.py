@@ -1,14 +1,12 @@
 """A sorting line at run time: bounded in-flight work, deadline drops, decision records.
 
-This is the hot path. Per frame it costs: one check of the line's in-flight count, one
-hand-off to the model's inference threads (decode, inference and policy run there, so the
-event loop stays free and OpenCV / onnxruntime run without the GIL), and one
-`DecisionRecord`. Nothing here logs at INFO per frame.
+This is the hot path. Per frame it costs: one check of the line's in-flight count, decode,
+inference and policy (on the event loop, or handed to the model's inference threads: see
+service/inference.py), and one `DecisionRecord`. Nothing here logs at INFO per frame.
 """
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 from dataclasses import dataclass
@@ -27,8 +25,8 @@ from scrapvision.service.sink import DecisionSink
 from scrapvision.settings import LineSettings
 
 
-# Share of its deadline a frame may wait for the model's busy primary inference thread
-# before a standby thread takes it (see service/inference.py).
+# Share of its deadline a frame may wait for the model's busy event loop or primary
+# inference thread before a standby thread takes it (see service/inference.py).
 WAIT_SHARE = 0.25
 
 
@@ -107,7 +105,7 @@ class Line:
         job = InferenceJob(loaded.engine, frame, fire_time, wait_until, self.max_pixels,
                            partial(self._conclude, loaded, meta.item_id))
         try:
-            verdict = await asyncio.wrap_future(self.slot.workers.submit(job))
+            verdict = await self.slot.workers.run(job)
         finally:
             self.in_flight -= 1
             self._depth.dec()
@@ -116,7 +114,7 @@ class Line:
 
     def _conclude(self, loaded: LoadedModel, item_id: str | None,
                   probs: np.ndarray) -> Verdict:
-        """Runs in the inference thread: fuse with the item's earlier frames, then decide."""
+        """Runs where inference ran: fuse with the item's earlier frames, then decide."""
         if self.fusion is not None and item_id:
             with self._fusion_lock:
                 probs = self.fusion.fuse(item_id, probs)

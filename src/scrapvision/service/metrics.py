@@ -42,8 +42,9 @@ INFERENCE_BATCH = Histogram(
 )
 INFERENCE_SIDE_BY_SIDE = Counter(
     "scrapvision_inference_side_by_side_total",
-    "onnxruntime calls made by a standby inference thread beside the busy primary, because "
-    "a frame had waited a quarter of its line's deadline", ["model"],
+    "onnxruntime calls made by a standby inference thread beside the busy primary (event "
+    "loop or thread), because a frame had waited a quarter of its line's deadline or is "
+    "larger than 1080p", ["model"],
 )
 QUEUE_DEPTH = Gauge(
     "scrapvision_queue_depth", "Frames queued or in inference per line",

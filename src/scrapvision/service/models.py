@@ -63,7 +63,7 @@ class ModelSlot:
 class ModelManager:
     def __init__(self, registry: ModelRegistry, lines: dict[str, LineSettings],
                  ort_threads: int = 1, inference_threads: int = 1,
-                 max_batch: int = 1, standby: bool = False) -> None:
+                 max_batch: int = 1, standby: bool = False, on_loop: bool = False) -> None:
         self.registry = registry
         self.ort_threads = ort_threads
         self.slots: dict[str, ModelSlot] = {}
@@ -72,7 +72,7 @@ class ModelManager:
             if slot is None:
                 slot = self.slots[line.model] = ModelSlot(
                     line.model, {}, InferenceWorkers(line.model, inference_threads, max_batch,
-                                                     standby))
+                                                     standby, on_loop))
             slot.lines[line_name] = line
         self._swap_lock = asyncio.Lock()
 
