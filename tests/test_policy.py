@@ -99,3 +99,12 @@ def test_line_target_purity_must_match_the_card() -> None:
         SortPolicy(line.model_copy(update={"target_purity": 0.95}), CLASSES, CARD)
     with pytest.raises(ValueError, match="no card"):
         SortPolicy(line, CLASSES, None)
+
+
+def test_a_tie_goes_to_the_last_tied_class_and_values_are_plain_floats() -> None:
+    policy = SortPolicy(LineSettings(model="m", top_k=3, min_confidence=0.3), CLASSES)
+    verdict = policy.decide(probs(0.4, 0.2, 0.4))
+    assert (verdict.class_name, verdict.margin) == ("plastic", 0.0)
+    assert [name for name, _ in verdict.top_k] == ["plastic", "copper", "steel"]
+    assert all(type(p) is float for _, p in verdict.top_k)  # JSON-ready, no NumPy scalars
+    assert type(verdict.confidence) is float

@@ -16,11 +16,14 @@ class ModelLoadError(ValueError):
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """Row-wise softmax of `logits / temperature`, numerically stable."""
-    z = logits.astype(np.float32) / np.float32(temperature)
-    z -= z.max(axis=1, keepdims=True)
+    """Row-wise softmax of `logits / temperature`, numerically stable.
+
+    Ufunc reductions rather than `.max()` / `.sum()`, whose Python wrappers cost more than
+    the arithmetic on one frame's ten-odd logits."""
+    z = np.divide(logits, np.float32(temperature), dtype=np.float32)
+    z -= np.maximum.reduce(z, axis=1, keepdims=True)
     np.exp(z, out=z)
-    z /= z.sum(axis=1, keepdims=True)
+    z /= np.add.reduce(z, axis=1, keepdims=True)
     return z
 
 
