@@ -294,13 +294,18 @@ class AuditStore:
             connection.execute(self._upsert, rollups)
 
 
+# (column, length) of the bounded string columns: a too-long id from a client is cut to
+# fit rather than poison its whole batch
+_BOUNDED = tuple((column.name, column.type.length) for column in decisions.columns
+                 if getattr(column.type, "length", None))
+
+
 def _row(pending: Pending) -> dict[str, Any]:
     row = pending.record.to_dict()
     row["top_k"] = [[name, float(p)] for name, p in row["top_k"]]
-    for column in decisions.columns:  # a too-long id from a client must not poison a batch
-        length = getattr(column.type, "length", None)
-        if length and isinstance(row.get(column.name), str):
-            row[column.name] = row[column.name][:length]
+    for name, length in _BOUNDED:
+        if isinstance(value := row.get(name), str) and len(value) > length:
+            row[name] = value[:length]
     row["frame_hash"] = pending.frame_hash
     row["frame_reason"] = pending.frame_reason
     return row
