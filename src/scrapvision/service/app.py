@@ -94,8 +94,8 @@ def create_app(settings: Settings | None = None, audit_store: AuditSink | None =
     # answers JSON with the limit, like every other 4xx here.
     app.add_middleware(BodyLimitMiddleware, settings=settings)
     app.state.keyring = KeyRing(settings.api_keys)
-    for router in (lines.router, stream.router, tallies.router, models.router, health.router,
-                   audit_routes.router, audit_routes.qa_router):
+    for router in (lines.frame_router, lines.router, stream.router, tallies.router,
+                   models.router, health.router, audit_routes.router, audit_routes.qa_router):
         app.include_router(router)
     app.add_exception_handler(DecodeError, _decode_error)
     app.add_exception_handler(LineUnavailable, _line_unavailable)

@@ -63,19 +63,26 @@ def require_role(role: Role) -> Callable[..., str | None]:
 
     async def check(connection: HTTPConnection,
                     header_key: str | None = Security(_api_key_header)) -> str | None:
-        keyring: KeyRing = connection.app.state.keyring
-        if keyring.open:
-            return None
-        presented = header_key or connection.query_params.get(API_KEY_QUERY)
-        granted = keyring.role_of(presented) if presented else None
-        if granted is None:
-            _refuse(connection, status.HTTP_401_UNAUTHORIZED, "missing or unknown API key")
-        if granted != role and granted != "admin":
-            _refuse(connection, status.HTTP_403_FORBIDDEN,
-                    f"this API key has role '{granted}', the route needs '{role}'")
-        return granted
+        return grant(connection, role, header_key)
 
     return check
+
+
+def grant(connection: HTTPConnection, role: Role, header_key: str | None) -> str | None:
+    """`require_role` as a plain call, for the frame routes, which skip FastAPI's dependency
+    resolution (`routes.lines.DirectRoute`): the granted role, or None when the service is
+    open; raises 401/403 (WS close 1008)."""
+    keyring: KeyRing = connection.app.state.keyring
+    if keyring.open:
+        return None
+    presented = header_key or connection.query_params.get(API_KEY_QUERY)
+    granted = keyring.role_of(presented) if presented else None
+    if granted is None:
+        _refuse(connection, status.HTTP_401_UNAUTHORIZED, "missing or unknown API key")
+    if granted != role and granted != "admin":
+        _refuse(connection, status.HTTP_403_FORBIDDEN,
+                f"this API key has role '{granted}', the route needs '{role}'")
+    return granted
 
 
 def _refuse(connection: HTTPConnection, code: int, detail: str) -> None:

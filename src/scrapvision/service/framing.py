@@ -75,7 +75,8 @@ def meta_from_request(request: Request) -> FrameMeta:
     Parsed with the one `FrameMetaIn` model rather than as eight FastAPI parameters, which
     cost a third of a millisecond per frame; `META_PARAMETERS` documents them in OpenAPI.
     """
-    headers, query = request.headers, request.query_params
+    headers = request.headers
+    query = request.query_params if request.scope["query_string"] else {}
     values = {}
     for name, header in META_HEADERS.items():
         value = headers.get(header)

@@ -7,10 +7,11 @@ costs the request path nothing: messages beyond the bound are dropped and counte
 
 from __future__ import annotations
 
-import json
 import logging
 
+import orjson
 import paho.mqtt.client as mqtt
+
 from scrapvision.records import DecisionRecord
 from scrapvision.service.metrics import MQTT_NOT_PUBLISHED
 from scrapvision.settings import MqttSettings
@@ -42,7 +43,7 @@ class MqttPublisher:
         return topic
 
     def publish(self, record: DecisionRecord) -> None:
-        payload = json.dumps(record.to_dict(), separators=(",", ":"))
+        payload = orjson.dumps(record.to_dict())
         info = self.client.publish(self.topic(record.line), payload, qos=self.settings.qos)
         # Disconnected, paho keeps QoS 1/2 messages (up to max_queued) to send on reconnect
         # and answers NO_CONN; only QoS 0 messages are dropped then.

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-import json
 import time
-from typing import Annotated, Any
+from collections.abc import Callable, Coroutine
+from typing import Any
 
+import orjson
 from fastapi import APIRouter, Depends, Request, Response
+from fastapi.routing import APIRoute
 
 from scrapvision.decode import DecodeError
 from scrapvision.records import DecisionRecord
 from scrapvision.service import metrics
-from scrapvision.service.auth import require_role
-from scrapvision.service.deps import get_line
+from scrapvision.service.auth import API_KEY_HEADER, grant, require_role
+from scrapvision.service.deps import line_named
 from scrapvision.service.framing import (
     BATCH_MEDIA_TYPE,
     FRAME_MEDIA_TYPES,
@@ -23,14 +25,35 @@ from scrapvision.service.framing import (
 )
 from scrapvision.service.lines import FrameMeta, Line
 
+
+class DirectRoute(APIRoute):
+    """A route whose endpoint takes the `Request` and returns the `Response` itself.
+
+    FastAPI documents it (its OpenAPI comes from `openapi_extra`) and its errors go through
+    the app's exception handlers, but it resolves no dependencies and validates nothing:
+    for the frame routes that machinery was the largest Python cost per frame besides
+    decode and inference (bench/RESULTS.md).
+    """
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        return self.endpoint
+
+
 router = APIRouter(prefix="/v1/lines", tags=["lines"])
+frame_router = APIRouter(prefix="/v1/lines", tags=["lines"], route_class=DirectRoute)
 
 RETRY_AFTER = {"Retry-After": "1"}
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
+# The frame routes resolve their key and line by plain calls (`frame_line`), so OpenAPI
+# learns of both here rather than from dependencies.
+_LINE_PARAMETER = {"name": "line", "in": "path", "required": True,
+                   "schema": {"type": "string", "title": "Line"}}
+_SECURITY = [{"APIKeyHeader": []}]
 _FRAME_BODY = {"requestBody": {"required": True, "content": {
     "image/jpeg": _BINARY, "image/png": _BINARY, "application/octet-stream": _BINARY}},
-    "parameters": META_PARAMETERS}
-_BATCH_BODY = {"requestBody": {"required": True, "content": {BATCH_MEDIA_TYPE: _BINARY}}}
+    "parameters": [_LINE_PARAMETER, *META_PARAMETERS], "security": _SECURITY}
+_BATCH_BODY = {"requestBody": {"required": True, "content": {BATCH_MEDIA_TYPE: _BINARY}},
+               "parameters": [_LINE_PARAMETER], "security": _SECURITY}
 _ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"description": "unknown line"},
     413: {"description": "body or image too large (pixel bomb)"},
@@ -42,9 +65,16 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 
 def json_response(content: Any, status_code: int = 200,
                   headers: dict[str, str] | None = None) -> Response:
-    """Plain `json.dumps`: the records are already JSON-ready, skip response-model checks."""
-    return Response(json.dumps(content, separators=(",", ":")), status_code,
-                    headers=headers, media_type="application/json")
+    """orjson, no response-model checks: the records are already JSON-ready."""
+    return Response(orjson.dumps(content), status_code, headers=headers,
+                    media_type="application/json")
+
+
+def frame_line(request: Request) -> Line:
+    """The frame routes' key check (role `frames`) and line lookup, as plain calls (see
+    `DirectRoute`)."""
+    grant(request, "frames", request.headers.get(API_KEY_HEADER))
+    return line_named(request, request.path_params["line"])
 
 
 @router.get("", dependencies=[Depends(require_role("qa"))])
@@ -53,14 +83,13 @@ async def list_lines(request: Request) -> list[dict[str, Any]]:
     return [line.describe() for line in request.app.state.lines.values()]
 
 
-@router.post(
+@frame_router.post(
     "/{line}/frames",
-    dependencies=[Depends(require_role("frames"))],
     openapi_extra=_FRAME_BODY,
     responses={200: {"model": DecisionRecord, "description": "the decision (or 'late')"},
                **_ERRORS},
 )
-async def post_frame(request: Request, line: Annotated[Line, Depends(get_line)]) -> Response:
+async def post_frame(request: Request) -> Response:
     """Decide one frame: the body is the JPEG/PNG bytes, metadata in headers or query.
 
     A frame whose fire time (capture time + line deadline) passed before inference could
@@ -68,6 +97,7 @@ async def post_frame(request: Request, line: Annotated[Line, Depends(get_line)])
     full the answer is 503 with Retry-After and the refused frame's record.
     """
     received = time.time()
+    line = frame_line(request)
     meta = meta_from_request(request)
     check_media_type(request, FRAME_MEDIA_TYPES)
     frame = await request.body()  # size already limited by BodyLimitMiddleware
@@ -81,19 +111,17 @@ async def post_frame(request: Request, line: Annotated[Line, Depends(get_line)])
     return json_response(record.to_dict())
 
 
-@router.post(
+@frame_router.post(
     "/{line}/batch",
-    dependencies=[Depends(require_role("frames"))],
     openapi_extra=_BATCH_BODY,
     responses={200: {"description": "one decision or error per frame, in order"}, **_ERRORS},
 )
-async def post_batch(
-    request: Request, line: Annotated[Line, Depends(get_line)]
-) -> Response:
+async def post_batch(request: Request) -> Response:
     """Decide several frames sent in one body (format: `application/x-scrapvision-batch`,
     see the README): the answer lists, in order, one decision or `{frame_id, status,
     error}` per frame, so one bad frame does not fail the others."""
     received = time.time()
+    line = frame_line(request)
     check_media_type(request, frozenset({BATCH_MEDIA_TYPE}))
     frames = split_batch(await request.body(), request.app.state.settings.max_batch_frames)
     metrics.BATCH_FRAMES.labels(line.name).observe(len(frames))

@@ -16,11 +16,11 @@ slowed by TCP rather than queued without bound.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from typing import Any
 
+import orjson
 from fastapi import APIRouter, Depends, HTTPException, WebSocket, WebSocketDisconnect
 
 from scrapvision.service.auth import require_role
@@ -92,7 +92,7 @@ async def _send_in_order(websocket: WebSocket,
         result = await answer
         if connected:
             try:
-                await websocket.send_text(json.dumps(result, separators=(",", ":")))
+                await websocket.send_text(orjson.dumps(result).decode())
             except (WebSocketDisconnect, RuntimeError):
                 connected = False
 
