@@ -110,5 +110,12 @@ def test_openapi_documents_binary_frame_bodies(client: TestClient) -> None:
     assert set(frames["requestBody"]["content"]) == {
         "image/jpeg", "image/png", "application/octet-stream"}
     assert {(p["name"], p["in"]) for p in frames["parameters"]} >= {
-        ("X-Frame-Id", "header"), ("X-Capture-Time", "header"), ("capture_time", "query")}
+        ("line", "path"), ("X-Frame-Id", "header"), ("X-Capture-Time", "header"),
+        ("capture_time", "query")}
+    # the frame routes check key and line by plain calls, so OpenAPI hears of both by hand
+    batch = schema["paths"]["/v1/lines/{line}/batch"]["post"]
+    for operation in (frames, batch):
+        assert operation["security"] == [{"APIKeyHeader": []}]
+        assert ("line", "path") in {(p["name"], p["in"]) for p in operation["parameters"]}
+    assert "APIKeyHeader" in schema["components"]["securitySchemes"]
     assert client.get("/docs").status_code == 200
