@@ -26,6 +26,8 @@ API_KEY_QUERY = "api_key"  # for browser WebSocket clients, which cannot set hea
 
 _api_key_header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False,
                                description="API key; roles frames / qa / admin")
+# OpenAPI's name for that scheme, for routes that check keys without the dependency
+API_KEY_SCHEME = _api_key_header.scheme_name
 
 
 def hash_key(key: str) -> str:

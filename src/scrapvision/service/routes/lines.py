@@ -13,7 +13,7 @@ from fastapi.routing import APIRoute
 from scrapvision.decode import DecodeError
 from scrapvision.records import DecisionRecord
 from scrapvision.service import metrics
-from scrapvision.service.auth import API_KEY_HEADER, grant, require_role
+from scrapvision.service.auth import API_KEY_HEADER, API_KEY_SCHEME, grant, require_role
 from scrapvision.service.deps import line_named
 from scrapvision.service.framing import (
     BATCH_MEDIA_TYPE,
@@ -48,7 +48,7 @@ _BINARY = {"schema": {"type": "string", "format": "binary"}}
 # learns of both here rather than from dependencies.
 _LINE_PARAMETER = {"name": "line", "in": "path", "required": True,
                    "schema": {"type": "string", "title": "Line"}}
-_SECURITY = [{"APIKeyHeader": []}]
+_SECURITY = [{API_KEY_SCHEME: []}]
 _FRAME_BODY = {"requestBody": {"required": True, "content": {
     "image/jpeg": _BINARY, "image/png": _BINARY, "application/octet-stream": _BINARY}},
     "parameters": [_LINE_PARAMETER, *META_PARAMETERS], "security": _SECURITY}
