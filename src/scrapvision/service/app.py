@@ -88,13 +88,17 @@ def create_app(settings: Settings | None = None, audit_store: AuditSink | None =
         version=__version__,
         summary="Scrap-sorting decisions from conveyor camera frames",
         lifespan=lifespan,
+        # metrics are Prometheus (service/metrics.py): skip FastAPI's per-request look-up of
+        # OpenTelemetry providers that are never configured (3 us per HTTP frame)
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.settings = settings
     # FastAPI's own max_body_size answers a declared oversized body in plain text; ours
     # answers JSON with the limit, like every other 4xx here.
     app.add_middleware(BodyLimitMiddleware, settings=settings)
     app.state.keyring = KeyRing(settings.api_keys)
-    for router in (lines.frame_router, lines.router, stream.router, tallies.router,
+    lines.add_frame_routes(app.router)
+    for router in (lines.router, stream.router, tallies.router,
                    models.router, health.router, audit_routes.router, audit_routes.qa_router):
         app.include_router(router)
     app.add_exception_handler(DecodeError, _decode_error)
