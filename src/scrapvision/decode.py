@@ -129,18 +129,21 @@ def decode_frame(
     size: tuple[int, int],
     colour_order: str = "BGR",
     max_pixels: int = MAX_PIXELS,
+    dimensions: tuple[int, int] | None = None,
 ) -> np.ndarray:
     """Decode JPEG/PNG bytes to a uint8 (H, W, 3) array of `size` = (height, width).
 
     The whole frame is resized (no crop), with area interpolation, to the model input.
-    Raises DecodeError with a message fit for the client.
+    `dimensions`: the frame's (width, height) when the caller has already read them with
+    `header_size` (the service does, to refuse a frame before queueing it). Raises
+    DecodeError with a message fit for the client.
     """
     if colour_order not in COLOUR_ORDERS:  # a model/config fault, not the client's
         raise ValueError(f"colour order must be one of {COLOUR_ORDERS}, got {colour_order!r}")
     data = bytes(data) if not isinstance(data, bytes) else data
     if not data:
         raise DecodeError("empty frame body")
-    width, height = header_size(data)
+    width, height = dimensions or header_size(data)
     check_dimensions(width, height, max_pixels)
     if image_format(data) == "jpeg":
         image = _decode_jpeg(data, width, height, reduction_factor(width, height, size))

@@ -5,7 +5,6 @@ long as it may."""
 from __future__ import annotations
 
 import asyncio
-import struct
 import threading
 import time
 from concurrent.futures import wait
@@ -18,6 +17,7 @@ from scrapvision.service import inference
 from scrapvision.service.inference import InferenceJob, InferenceWorkers, workers_fill_cores
 
 CALL_S = 0.2
+SMALL = (8, 8)  # a frame's (width, height), as its header declares them
 
 
 class SlowEngine:
@@ -53,7 +53,7 @@ def run_jobs(engine: SlowEngine, seconds_may_wait: float, count: int) -> list[ob
     workers = InferenceWorkers(f"test-{seconds_may_wait}", threads=2, standby=True)
     try:
         now = time.time()
-        jobs = [InferenceJob(engine, b"", now + 60, now + seconds_may_wait, 10**6, lambda p: "ok")
+        jobs = [InferenceJob(engine, b"", SMALL, now + 60, now + seconds_may_wait, 10**6, lambda p: "ok")
                 for _ in range(count)]
         futures = [workers.submit(job) for job in jobs]
         wait(futures, timeout=10)
@@ -81,7 +81,7 @@ def test_calls_always_run_side_by_side_with_fewer_workers_than_cores() -> None:
     workers = InferenceWorkers("test-spare-cores", threads=2)  # standby off
     try:
         now = time.time()
-        futures = [workers.submit(InferenceJob(engine, b"", now + 60, now + 60, 10**6,
+        futures = [workers.submit(InferenceJob(engine, b"", SMALL, now + 60, now + 60, 10**6,
                                                lambda p: "ok")) for _ in range(2)]
         assert [future.result(timeout=10) for future in futures] == ["ok", "ok"]
     finally:
@@ -101,25 +101,26 @@ def test_queued_frames_are_finished_on_close_and_later_ones_refused() -> None:
     engine = SlowEngine()
     workers = InferenceWorkers("test-close", threads=2, standby=True)
     now = time.time()
-    futures = [workers.submit(InferenceJob(engine, b"", now + 60, now + 60, 10**6,
+    futures = [workers.submit(InferenceJob(engine, b"", SMALL, now + 60, now + 60, 10**6,
                                            lambda p: "ok")) for _ in range(3)]
     workers.close()  # the standby leaves at once, the primary finishes the queue
     assert [future.result(timeout=0) for future in futures] == ["ok"] * 3
     assert engine.most_at_once == 1
     with pytest.raises(RuntimeError, match="closed"):
-        workers.submit(InferenceJob(engine, b"", now + 60, now + 60, 10**6, lambda p: "ok"))
+        workers.submit(InferenceJob(engine, b"", SMALL, now + 60, now + 60, 10**6, lambda p: "ok"))
 
 
 def run_on_loop(engine: SlowEngine, standbys: int, seconds_may_wait: float,
-                seconds_to_fire: float, count: int, frame: bytes = b"") -> list[object]:
+                seconds_to_fire: float, count: int,
+                dimensions: tuple[int, int] = SMALL) -> list[object]:
     """`count` frames arriving together at a worker that infers on its event loop."""
     workers = InferenceWorkers(f"test-loop-{standbys}", threads=standbys, on_loop=True)
 
     async def arrive_together() -> list[object]:
         await asyncio.sleep(0.05)  # the standbys are waiting for work
         now = time.time()
-        jobs = [InferenceJob(engine, frame, now + seconds_to_fire, now + seconds_may_wait,
-                             10**6, lambda p: "ok") for _ in range(count)]
+        jobs = [InferenceJob(engine, b"", dimensions, now + seconds_to_fire,
+                             now + seconds_may_wait, 10**6, lambda p: "ok") for _ in range(count)]
         return await asyncio.gather(*(workers.run(job) for job in jobs))
 
     try:
@@ -155,10 +156,6 @@ def test_on_the_loop_a_frame_whose_fire_time_passed_while_it_waited_is_not_infer
     assert len(engine.threads) == 1
 
 
-def png_header(width: int, height: int) -> bytes:
-    return b"\x89PNG\r\n\x1a\n\x00\x00\x00\x0dIHDR" + struct.pack(">II", width, height)
-
-
 @pytest.mark.parametrize(("standbys", "width", "on_loop"), [
     (1, 1920, True),  # 1080p: decoded on the loop
     (1, 2000, False),  # larger: a standby decodes it, so the loop is not held
@@ -168,5 +165,5 @@ def test_on_the_loop_frames_larger_than_1080p_go_to_a_standby(
         standbys: int, width: int, on_loop: bool) -> None:
     engine = SlowEngine()
     assert run_on_loop(engine, standbys, seconds_may_wait=60, seconds_to_fire=60, count=1,
-                       frame=png_header(width, 1080)) == ["ok"]
+                       dimensions=(width, 1080)) == ["ok"]
     assert (engine.threads == [threading.current_thread().name]) is on_loop

@@ -39,12 +39,12 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from scrapvision.decode import DecodeError, decode_frame, header_size
+from scrapvision.decode import decode_frame
 from scrapvision.engine import Engine
 from scrapvision.service import metrics
 
@@ -66,16 +66,23 @@ def workers_fill_cores(workers: int, ort_threads: int) -> bool:
 class InferenceJob:
     """One frame to decode and infer; `conclude` turns its probabilities into a result.
 
-    `wait_until`: until when the frame may wait for the model's busy primary thread before a
-    standby thread takes it."""
+    `dimensions`: (width, height) from the frame's header, already checked. `wait_until`:
+    until when the frame may wait for the model's busy primary thread before a standby
+    thread takes it. `future`: set when the job is handed to a thread."""
 
     engine: Engine
     frame: bytes
+    dimensions: tuple[int, int]
     fire_time: float
     wait_until: float
     max_pixels: int
     conclude: Callable[[np.ndarray], Any]
-    future: Future = field(default_factory=Future)
+    future: Future | None = None
+
+    def decode(self) -> np.ndarray:
+        engine = self.engine
+        return decode_frame(self.frame, engine.input_size, engine.info.colour_order,
+                            self.max_pixels, self.dimensions)
 
 
 class InferenceWorkers:
@@ -106,20 +113,30 @@ class InferenceWorkers:
         """The job's result (None: late), inferred on this event loop or by a thread."""
         if not self.on_loop:
             return await asyncio.wrap_future(self.submit(job))
-        if self._threads and _pixels(job.frame) > LOOP_MAX_PIXELS:
+        width, height = job.dimensions
+        if self._threads and width * height > LOOP_MAX_PIXELS:
             job.wait_until = 0.0  # a standby takes it at once
             return await asyncio.wrap_future(self.submit(job))
         await asyncio.sleep(0)  # frames that arrived with this one take their places first
         if time.time() > job.wait_until and self._hand_to_idle_standby(job):
             return await asyncio.wrap_future(job.future)
-        self._infer([job])
-        return job.future.result()
+        return self._infer_here(job)
+
+    def _infer_here(self, job: InferenceJob) -> Any:
+        """The job's result (None: late) from this thread, the event loop: no future and no
+        batch to sort out, which would cost as much again as the call itself around it."""
+        if time.time() > job.fire_time:
+            return None
+        image = job.decode()
+        self._batch_sizes.observe(1)
+        return job.conclude(job.engine.predict(image[np.newaxis])[0])
 
     def _hand_to_idle_standby(self, job: InferenceJob) -> bool:
         """Queue `job` if a standby is idle and not yet handed a frame; else False."""
         with self._lock:
             if self._closing or self._idle_standbys <= len(self._jobs):
                 return False
+            job.future = Future()
             self._jobs.append(job)
             self._overdue.notify()
             return True
@@ -128,6 +145,7 @@ class InferenceWorkers:
         with self._lock:
             if self._closing:
                 raise RuntimeError("inference workers are closed")
+            job.future = Future()
             self._jobs.append(job)
             self._queued.notify()
             if len(self._jobs) == 1:  # the standbys time the new head of the queue
@@ -190,8 +208,7 @@ class InferenceWorkers:
                 job.future.set_result(None)
                 continue
             try:
-                images.append(decode_frame(job.frame, job.engine.input_size,
-                                           job.engine.info.colour_order, job.max_pixels))
+                images.append(job.decode())
                 ready.append(job)
             except Exception as exc:  # noqa: BLE001 - DecodeError and anything else: to the caller
                 job.future.set_exception(exc)
@@ -209,12 +226,3 @@ class InferenceWorkers:
                 for job, _ in group:
                     if not job.future.done():
                         job.future.set_exception(exc)
-
-
-def _pixels(frame: bytes) -> int:
-    """Pixels the frame's header declares; 0 when unreadable (decoding reports why)."""
-    try:
-        width, height = header_size(frame)
-    except DecodeError:
-        return 0
-    return width * height

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from scrapvision.decode import DecodeError, image_format
+from scrapvision.decode import DecodeError, check_dimensions, header_size
 from scrapvision.policy import ItemFusion, Verdict
 from scrapvision.records import DecisionRecord
 from scrapvision.service import metrics
@@ -93,7 +93,9 @@ class Line:
                                   f"{self.slot.error or 'still loading'}")
         if not frame:
             raise DecodeError("empty frame body")
-        image_format(frame)  # refuse non-images before they take a place in the queue
+        # refuse non-images and pixel bombs before they take a place in the queue
+        dimensions = header_size(frame)
+        check_dimensions(*dimensions, self.max_pixels)
         fire_time = (meta.capture_time or received) + self.deadline_s
         if self.full:
             return self._finish(loaded, meta, frame, received, fire_time, None, "overload")
@@ -102,8 +104,8 @@ class Line:
         self.in_flight += 1
         self._depth.inc()
         wait_until = fire_time - (1.0 - WAIT_SHARE) * self.deadline_s
-        job = InferenceJob(loaded.engine, frame, fire_time, wait_until, self.max_pixels,
-                           partial(self._conclude, loaded, meta.item_id))
+        job = InferenceJob(loaded.engine, frame, dimensions, fire_time, wait_until,
+                           self.max_pixels, partial(self._conclude, loaded, meta.item_id))
         try:
             verdict = await self.slot.workers.run(job)
         finally:
