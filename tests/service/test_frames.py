@@ -12,6 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 from tinymodel import colour_frame
 
+from scrapvision.decode import DecodeError
 from scrapvision.service.lines import FrameMeta
 from scrapvision.settings import LineSettings
 from tests.service.conftest import RecordingAudit, frame_headers, wait_until
@@ -124,6 +125,26 @@ def test_on_the_event_loop_frames_arriving_together_beyond_max_in_flight_get_ove
 
     assert client.portal.call(arrive_together) == ["eject", "eject", "overload"]
     assert sorted(audit.actions()) == ["eject", "eject", "overload"]
+
+
+def test_frames_with_a_bad_header_never_take_a_place_in_the_line(
+        make_client, audit: RecordingAudit) -> None:
+    client = make_client(inference="loop", lines={"tiny": LineSettings(
+        model="tiny", deadline_ms=60_000, max_in_flight=1)})
+    line = client.app.state.lines["tiny"]
+    # cut before its frame header, so refused unread; a bomb; then a good frame
+    frames = [colour_frame("red")[:20], _bomb_png(16_000, 16_000), colour_frame("red")]
+
+    async def arrive_together() -> list[object]:
+        return await asyncio.gather(*(line.decide(frame, FrameMeta(f"f{i}"), time.time())
+                                      for i, frame in enumerate(frames)),
+                                    return_exceptions=True)
+
+    truncated, bomb, good = client.portal.call(arrive_together)
+    assert isinstance(truncated, DecodeError) and truncated.status == 400
+    assert isinstance(bomb, DecodeError) and bomb.status == 413
+    assert good.action == "eject"  # the only place was still free
+    assert line.in_flight == 0 and audit.actions() == ["eject"]
 
 
 def test_frame_that_waits_past_its_fire_time_is_not_processed(make_client, hold,
