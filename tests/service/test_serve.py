@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -18,6 +19,7 @@ import psutil
 import pytest
 import yaml
 from tinymodel import colour_frame
+from websockets.sync.client import connect
 
 from scrapvision.service import reuseport
 from tests.service.conftest import frame_headers, wait_until
@@ -241,3 +243,14 @@ def test_audit_stats_add_up_over_both_workers(server: httpx.Client) -> None:
     assert len(own) == 2 and min(own.values()) > 0 and sum(own.values()) == total, own
     metrics = on_own_connection(server.base_url, "GET", "/metrics").text
     assert gauge(metrics, 'scrapvision_audit_records_total{outcome="written"}') == total
+
+
+def test_websocket_stream_declines_compression_that_clients_offer(server: httpx.Client) -> None:
+    # stock clients (here `websockets`) offer permessage-deflate; frames do not compress, so
+    # the server declines it and neither side spends CPU deflating JPEGs
+    url = f"ws://127.0.0.1:{server.base_url.port}/v1/lines/tiny/stream"
+    with connect(url, compression="deflate") as stream:
+        assert "permessage-deflate" in stream.request.headers["Sec-WebSocket-Extensions"]
+        assert stream.response.headers.get("Sec-WebSocket-Extensions") is None
+        stream.send(colour_frame("red"))
+        assert json.loads(stream.recv(timeout=30))["class_name"] == "red"
