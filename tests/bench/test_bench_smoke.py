@@ -6,6 +6,7 @@ import argparse
 import http.client
 import importlib.util
 import json
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,7 @@ import pytest
 import uvloop
 from tinymodel import BGR, colour_frame
 
-from bench import make_frames, report
+from bench import make_frames, overhead, report
 from bench.common import (
     REPO,
     SIMD_FLAGS,
@@ -339,3 +340,20 @@ def test_ratio_targets_take_the_median_of_the_slices_between_limit_slices() -> N
     assert ws_row.endswith("| pass |")  # the first pair (0.80x, minutes apart) is not judged
     assert "| 640x480 | HTTP | 110.0 | 50.0 | 100.0 | 0.48x |" in report._ratio_rounds(
         results["serve"][0])
+
+
+def test_overhead_measures_the_stubbed_service_and_the_floor(tiny_model: Path, frames: Path,
+                                                             tmp_path: Path) -> None:
+    out = tmp_path / "overhead"
+    results = overhead.run(tiny_model, load_frames(frames), ["http", "ws"], streams=2, rounds=1,
+                           seconds=0.3, warmup=0.1, out=out)
+    assert set(results) == {(server, transport) for server in overhead.SERVERS
+                            for transport in ("http", "ws")}
+    for runs in results.values():
+        assert len(runs) == 1 and runs[0]["fps"] > 0 and runs[0]["us_per_frame"] > 0
+    # the service really ran with inference stubbed: red, green and blue frames all came out
+    # as the stub's class 0, and were recorded by the real audit store
+    with sqlite3.connect(out / "serve" / "data" / "audit.db") as db:
+        assert db.execute("SELECT DISTINCT class_name FROM audit_decisions").fetchall() == [
+            ("blue",)]
+    assert "| serve | ws |" in overhead.table(results)
