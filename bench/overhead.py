@@ -51,7 +51,8 @@ def stub_inference() -> None:
     from scrapvision.engine import Engine  # noqa: PLC0415
     from scrapvision.service import inference  # noqa: PLC0415
 
-    def decode(_data: bytes, size: tuple[int, int], *_args: object) -> np.ndarray:
+    def decode(_data: bytes, size: tuple[int, int], *_args: object, **_kwargs: object
+               ) -> np.ndarray:
         return np.zeros((*size, 3), np.uint8)
 
     def predict(engine: Engine, batch: np.ndarray) -> np.ndarray:

@@ -46,14 +46,14 @@ class SlowEngine:
 @pytest.fixture(autouse=True)
 def no_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(inference, "decode_frame",
-                        lambda *args: np.zeros((8, 8, 3), np.uint8))
+                        lambda *args, **kwargs: np.zeros((8, 8, 3), np.uint8))
 
 
 def run_jobs(engine: SlowEngine, seconds_may_wait: float, count: int) -> list[object]:
     workers = InferenceWorkers(f"test-{seconds_may_wait}", threads=2, standby=True)
     try:
         now = time.time()
-        jobs = [InferenceJob(engine, b"", SMALL, now + 60, now + seconds_may_wait, 10**6, lambda p: "ok")
+        jobs = [InferenceJob(engine, b"", SMALL, now + 60, now + seconds_may_wait, lambda p: "ok")
                 for _ in range(count)]
         futures = [workers.submit(job) for job in jobs]
         wait(futures, timeout=10)
@@ -81,7 +81,7 @@ def test_calls_always_run_side_by_side_with_fewer_workers_than_cores() -> None:
     workers = InferenceWorkers("test-spare-cores", threads=2)  # standby off
     try:
         now = time.time()
-        futures = [workers.submit(InferenceJob(engine, b"", SMALL, now + 60, now + 60, 10**6,
+        futures = [workers.submit(InferenceJob(engine, b"", SMALL, now + 60, now + 60,
                                                lambda p: "ok")) for _ in range(2)]
         assert [future.result(timeout=10) for future in futures] == ["ok", "ok"]
     finally:
@@ -101,13 +101,13 @@ def test_queued_frames_are_finished_on_close_and_later_ones_refused() -> None:
     engine = SlowEngine()
     workers = InferenceWorkers("test-close", threads=2, standby=True)
     now = time.time()
-    futures = [workers.submit(InferenceJob(engine, b"", SMALL, now + 60, now + 60, 10**6,
+    futures = [workers.submit(InferenceJob(engine, b"", SMALL, now + 60, now + 60,
                                            lambda p: "ok")) for _ in range(3)]
     workers.close()  # the standby leaves at once, the primary finishes the queue
     assert [future.result(timeout=0) for future in futures] == ["ok"] * 3
     assert engine.most_at_once == 1
     with pytest.raises(RuntimeError, match="closed"):
-        workers.submit(InferenceJob(engine, b"", SMALL, now + 60, now + 60, 10**6, lambda p: "ok"))
+        workers.submit(InferenceJob(engine, b"", SMALL, now + 60, now + 60, lambda p: "ok"))
 
 
 def run_on_loop(engine: SlowEngine, standbys: int, seconds_may_wait: float,
@@ -120,7 +120,7 @@ def run_on_loop(engine: SlowEngine, standbys: int, seconds_may_wait: float,
         await asyncio.sleep(0.05)  # the standbys are waiting for work
         now = time.time()
         jobs = [InferenceJob(engine, b"", dimensions, now + seconds_to_fire,
-                             now + seconds_may_wait, 10**6, lambda p: "ok") for _ in range(count)]
+                             now + seconds_may_wait, lambda p: "ok") for _ in range(count)]
         return await asyncio.gather(*(workers.run(job) for job in jobs))
 
     try:

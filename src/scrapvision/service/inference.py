@@ -66,7 +66,8 @@ def workers_fill_cores(workers: int, ort_threads: int) -> bool:
 class InferenceJob:
     """One frame to decode and infer; `conclude` turns its probabilities into a result.
 
-    `dimensions`: (width, height) from the frame's header, already checked. `wait_until`:
+    `dimensions`: (width, height) from the frame's header, already checked against the
+    line's pixel limit. `wait_until`:
     until when the frame may wait for the model's busy primary thread before a standby
     thread takes it. `future`: set when the job is handed to a thread."""
 
@@ -75,14 +76,13 @@ class InferenceJob:
     dimensions: tuple[int, int]
     fire_time: float
     wait_until: float
-    max_pixels: int
     conclude: Callable[[np.ndarray], Any]
     future: Future | None = None
 
     def decode(self) -> np.ndarray:
         engine = self.engine
         return decode_frame(self.frame, engine.input_size, engine.info.colour_order,
-                            self.max_pixels, self.dimensions)
+                            dimensions=self.dimensions)
 
 
 class InferenceWorkers:

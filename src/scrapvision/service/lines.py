@@ -105,7 +105,7 @@ class Line:
         self._depth.inc()
         wait_until = fire_time - (1.0 - WAIT_SHARE) * self.deadline_s
         job = InferenceJob(loaded.engine, frame, dimensions, fire_time, wait_until,
-                           self.max_pixels, partial(self._conclude, loaded, meta.item_id))
+                           partial(self._conclude, loaded, meta.item_id))
         try:
             verdict = await self.slot.workers.run(job)
         finally:
