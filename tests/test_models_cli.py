@@ -83,6 +83,21 @@ def test_list_shows_versions_active_and_card_numbers(models_dir: Path, tmp_path:
     assert "*" not in rows["v2"] and "%" not in rows["v2"]  # no card yet
 
 
+def test_list_shows_what_it_can_and_names_damaged_files(models_dir: Path,
+                                                        tmp_path: Path) -> None:
+    registry = ModelRegistry(models_dir)
+    registry.add("other", build_tiny_model(tmp_path / "other.onnx", name="other"))
+    (models_dir / "tiny" / "active.json").write_text("{broken")
+    (models_dir / "other" / "v1" / "card.json").write_text("{broken")
+    result = invoke("models", "list", "--models-dir", models_dir)
+    assert result.exit_code == 1
+    rows = [line for line in result.output.splitlines() if line.count("│") > 3]
+    assert any("tiny" in row for row in rows) and any("other" in row for row in rows)
+    assert "active.json is damaged" in result.output
+    assert "card.json is not a model card" in result.output
+    assert "Traceback" not in result.output
+
+
 def test_list_empty_registry(tmp_path: Path) -> None:
     result = invoke("models", "list", "--models-dir", tmp_path / "empty")
     assert result.exit_code == 0

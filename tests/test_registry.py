@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from tinymodel import build_tiny_model
 
-from scrapvision.registry import ModelRegistry, RegistryError
+from scrapvision.registry import ModelRegistry, RegistryError, RegistryFileError
 
 
 @pytest.fixture
@@ -140,3 +140,25 @@ def test_active_file_keeps_its_mode_and_is_readable_when_new(registry: ModelRegi
     active.chmod(0o640)
     registry.promote("tiny", "v2")
     assert active.stat().st_mode & 0o777 == 0o640
+
+
+@pytest.mark.parametrize("content", ['{"active": "v1", "hist', "[]", '{"active": "v1"}',
+                                     '{"active": "../v1", "history": []}', "\xff"])
+def test_a_damaged_active_file_is_a_registry_file_error_naming_it(
+        registry: ModelRegistry, onnx_file: Path, content: str) -> None:
+    registry.add("tiny", onnx_file)
+    active_file = registry.root / "tiny" / "active.json"
+    active_file.write_bytes(content.encode("latin-1"))
+    for read in (registry.active, registry.history):
+        with pytest.raises(RegistryFileError, match=str(active_file)):
+            read("tiny")
+
+
+@pytest.mark.parametrize("content", [b"{broken", b"[1, 2]", b"\xff\xfe"])
+def test_a_damaged_card_is_a_registry_file_error_naming_it(
+        registry: ModelRegistry, onnx_file: Path, content: bytes) -> None:
+    registry.add("tiny", onnx_file)
+    card_file = registry.root / "tiny" / "v1" / "card.json"
+    card_file.write_bytes(content)
+    with pytest.raises(RegistryFileError, match="evaluate"):
+        registry.card("tiny", "v1")

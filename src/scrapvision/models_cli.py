@@ -7,16 +7,16 @@ keep `--help` fast.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from scrapvision.registry import ModelRegistry, RegistryError
+from scrapvision.registry import ModelRegistry, RegistryError, RegistryFileError
 
 if TYPE_CHECKING:
     from scrapvision.datasets import Sample
@@ -102,10 +102,11 @@ def list_models(models_dir: ModelsDir = Path("models")) -> None:
     registry = ModelRegistry(models_dir)
     table = Table("name", "version", "active", "top-1", "macro F1", "ECE", "ejectable classes",
                   title=f"models in {models_dir}")
+    problems: list[str] = []  # damaged registry files: listed after the table, the rest still shown
     for name in registry.names():
-        active = registry.active(name)
+        active = _or_problem(registry.active, name, problems=problems)
         for version in registry.versions(name):
-            card = registry.card(name, version)
+            card = _or_problem(registry.card, name, version, problems=problems)
             numbers = ["-"] * 4
             if card:
                 h = headline(card)
@@ -116,6 +117,19 @@ def list_models(models_dir: ModelsDir = Path("models")) -> None:
         console.print(f"no models in {models_dir}")
         return
     console.print(table)
+    for problem in problems:
+        console.print(f"[red]error:[/red] {problem}", soft_wrap=True)
+    if problems:
+        raise typer.Exit(1)
+
+
+def _or_problem(read: Callable[..., Any], *args: str, problems: list[str]) -> Any:
+    """`read(*args)`, or None with the damaged file's message added to `problems`."""
+    try:
+        return read(*args)
+    except RegistryFileError as exc:
+        problems.append(str(exc))
+        return None
 
 
 @models_app.command("compare")

@@ -19,6 +19,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
 MODEL_FILE = "model.onnx"
 CARD_FILE = "card.json"
 ACTIVE_FILE = "active.json"
@@ -28,6 +30,21 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # one folder, never a path
 
 class RegistryError(LookupError):
     """Unknown model or version, or nothing to roll back to."""
+
+
+class RegistryFileError(RegistryError):
+    """A registry file that is not what the registry writes (edited by hand or damaged).
+
+    Kept apart from "unknown model": the service answers 422 and keeps serving, and the
+    message names the file and how to repair it.
+    """
+
+
+class _ActiveFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    active: str = Field(pattern=_VERSION.pattern)
+    history: list[str]
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -79,7 +96,13 @@ class ModelRegistry:
     def _state(self, name: str) -> dict[str, Any]:
         path = self.root / check_name(name) / ACTIVE_FILE
         if path.is_file():
-            return json.loads(path.read_text())
+            try:
+                return _ActiveFile.model_validate_json(path.read_bytes()).model_dump()
+            except ValidationError as exc:
+                problem = exc.errors()[0]["msg"]
+                raise RegistryFileError(
+                    f"{path} is damaged ({problem}): fix it, or delete it to make the newest "
+                    f"version active") from None
         versions = self.versions(name)  # a model folder without active.json: newest wins
         return {"active": versions[-1], "history": versions[-1:]} if versions else {}
 
@@ -103,7 +126,16 @@ class ModelRegistry:
 
     def card(self, name: str, version: str | None = None) -> dict[str, Any] | None:
         path = self.version_dir(name, version) / CARD_FILE
-        return json.loads(path.read_text()) if path.is_file() else None
+        if not path.is_file():
+            return None
+        try:
+            card = json.loads(path.read_bytes())
+            if isinstance(card, dict):
+                return card
+        except ValueError:  # JSONDecodeError, UnicodeDecodeError
+            pass
+        raise RegistryFileError(f"{path} is not a model card (a JSON object): run "
+                                f"`scrapvision evaluate` on the model to write it again")
 
     def next_version(self, name: str) -> str:
         versions = self.versions(name)

@@ -130,3 +130,52 @@ def test_a_broken_promotion_elsewhere_is_refused_and_v1_keeps_serving(client: Te
     wait_until(lambda: slot.refused_version == "v2")
     assert served_version(client) == "v1"
     assert "cannot load" in client.get("/v1/models").json()[0]["error"]
+
+
+def test_a_damaged_card_is_refused_and_the_watcher_keeps_following(
+        client: TestClient, models_dir: Path, tmp_path: Path) -> None:
+    from tests.service.conftest import wait_until
+
+    add_version(models_dir, tmp_path, "v2")
+    add_version(models_dir, tmp_path, "v3")
+    (models_dir / "tiny" / "v2" / "card.json").write_text("{broken")
+    response = client.post("/v1/models/tiny/load", json={"version": "v2"})
+    assert response.status_code == 422, response.text
+    assert "card.json" in response.json()["detail"]
+    registry = ModelRegistry(models_dir)
+    registry.promote("tiny", "v2")  # by another process: the watcher refuses it
+    slot = client.app.state.models.slots["tiny"]
+    wait_until(lambda: slot.refused_version == "v2")
+    registry.promote("tiny", "v3")  # and still follows the next promotion
+    wait_until(lambda: slot.current.version == "v3")
+    assert served_version(client) == "v3"
+
+
+def test_a_damaged_active_file_is_reported_and_the_current_version_keeps_serving(
+        client: TestClient, models_dir: Path) -> None:
+    from tests.service.conftest import wait_until
+
+    (models_dir / "tiny" / "active.json").write_text('{"active": "v1", "hist')
+    slot = client.app.state.models.slots["tiny"]
+    wait_until(lambda: slot.registry_error is not None)
+    [model] = client.get("/v1/models").json()
+    assert (model["version"], model["active"], model["history"]) == ("v1", None, None)
+    assert "active.json is damaged" in model["registry_error"]
+    for route in ("load", "rollback"):
+        response = client.post(f"/v1/models/tiny/{route}")
+        assert response.status_code == 422, response.text
+        assert "active.json" in response.json()["detail"]
+    assert served_version(client) == "v1"
+    (models_dir / "tiny" / "active.json").unlink()  # repaired: the newest version is active
+    wait_until(lambda: slot.registry_error is None)
+
+
+def test_a_damaged_active_file_at_startup_leaves_only_its_lines_not_ready(
+        make_client, models_dir: Path) -> None:
+    (models_dir / "tiny" / "active.json").write_text("[]")
+    client = make_client()
+    assert client.get("/healthz").status_code == 200
+    response = client.post("/v1/lines/tiny/frames", content=colour_frame("red"),
+                           headers=frame_headers())
+    assert response.status_code == 503
+    assert "active.json is damaged" in response.json()["detail"]

@@ -58,6 +58,7 @@ class ModelSlot:
     current: LoadedModel | None = None
     error: str | None = None  # why the last load failed, shown in /v1/models and /readyz
     refused_version: str | None = None
+    registry_error: str | None = None  # why active.json could not be read at the last poll
 
 
 class ModelManager:
@@ -154,9 +155,13 @@ class ModelManager:
         for slot in self.slots.values():
             try:
                 active = self.registry.active(slot.name)
-            except (RegistryError, ValueError) as exc:  # ValueError: active.json mid-edit
-                log.debug("registry not readable", extra={"model": slot.name, "error": str(exc)})
+            except RegistryError as exc:  # deleted, damaged or mid-edit by hand
+                if str(exc) != slot.registry_error:  # once per problem, not every poll
+                    log.warning("registry not readable; the current version keeps serving",
+                                extra={"model": slot.name, "error": str(exc)})
+                slot.registry_error = str(exc)
                 continue
+            slot.registry_error = None
             serving = slot.current.version if slot.current else None
             if active in (serving, slot.refused_version):
                 continue
@@ -167,7 +172,10 @@ class ModelManager:
         """Poll the registry forever (a background task of each worker)."""
         while True:
             await asyncio.sleep(interval_s)
-            await self.sync_with_registry()
+            try:
+                await self.sync_with_registry()
+            except Exception:  # a dead watcher would leave this worker on its version for good
+                log.exception("model watch failed; trying again at the next poll")
 
     def close(self) -> None:
         for slot in self.slots.values():
@@ -184,11 +192,12 @@ class ModelManager:
                 "version": loaded.version if loaded else None,
                 "active": _safe(self.registry.active, slot.name),
                 "versions": self.registry.versions(slot.name),
-                "history": self.registry.history(slot.name),
+                "history": _safe(self.registry.history, slot.name),
                 "loaded_at": loaded.loaded_at if loaded else None,
                 "info": loaded.info.model_dump() if loaded else None,
                 "card": loaded.card if loaded else None,
                 "error": slot.error,
+                "registry_error": slot.registry_error,
             })
         return out
 
@@ -196,5 +205,5 @@ class ModelManager:
 def _safe(func: Any, *args: Any) -> Any:
     try:
         return func(*args)
-    except (RegistryError, ValueError):
+    except RegistryError:
         return None

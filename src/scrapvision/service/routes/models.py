@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from pydantic import BaseModel, Field
 
 from scrapvision.engine import ModelLoadError
-from scrapvision.registry import RegistryError
+from scrapvision.registry import RegistryError, RegistryFileError
 from scrapvision.service.auth import require_role
 from scrapvision.service.models import LoadedModel, ModelManager
 
@@ -36,13 +36,16 @@ async def list_models(request: Request) -> list[dict[str, Any]]:
 
 @router.post("/{name}/load", dependencies=[Depends(require_role("admin"))],
              responses={404: {"description": "unknown model or version"},
-                        422: {"description": "the model file is unusable; old one serves"}})
+                        422: {"description": "the model or registry file is unusable; old "
+                                              "one serves"}})
 async def load_model(name: str, request: Request,
                      body: LoadRequest | None = None) -> dict[str, Any]:
     """Load a version, make it active and swap it in; frames in flight finish on the old
     session. Every worker process follows within `model_poll_s`."""
     try:
         loaded = await _manager(request).load(name, body.version if body else None)
+    except RegistryFileError as exc:
+        raise HTTPException(422, detail=f"model refused, previous version keeps serving: {exc}")
     except RegistryError as exc:
         raise HTTPException(404, detail=str(exc)) from None
     except ModelLoadError as exc:
@@ -53,7 +56,8 @@ async def load_model(name: str, request: Request,
 @router.post("/{name}/rollback", dependencies=[Depends(require_role("admin"))],
              responses={404: {"description": "unknown model"},
                         409: {"description": "no earlier version to roll back to"},
-                        422: {"description": "the earlier version is unusable"}})
+                        422: {"description": "the earlier version or the registry file is "
+                                              "unusable"}})
 async def rollback_model(name: str, request: Request) -> dict[str, Any]:
     """Serve the previously promoted version again."""
     manager = _manager(request)
@@ -63,6 +67,8 @@ async def rollback_model(name: str, request: Request) -> dict[str, Any]:
         raise HTTPException(404, detail=str(exc)) from None
     try:
         loaded = await manager.rollback(name)
+    except RegistryFileError as exc:
+        raise HTTPException(422, detail=f"rollback refused, current version keeps serving: {exc}")
     except RegistryError as exc:
         raise HTTPException(409, detail=str(exc)) from None
     except ModelLoadError as exc:
