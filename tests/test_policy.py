@@ -56,6 +56,14 @@ def test_bin_map_with_pass_class() -> None:
     assert policy.decide(probs(0.4, 0.3, 0.3)).bin == "R"
 
 
+def test_a_class_left_out_of_the_bin_map_passes() -> None:
+    policy = SortPolicy(LineSettings(model="m", bins={"copper": "1"}, min_confidence=0.5),
+                        CLASSES)
+    unlisted = policy.decide(probs(0.1, 0.8, 0.1))
+    assert (unlisted.action, unlisted.bin) == ("pass", None)
+    assert policy.decide(probs(0.8, 0.1, 0.1)).bin == "1"
+
+
 def test_top_k_is_ordered_and_bounded() -> None:
     policy = SortPolicy(LineSettings(model="m", top_k=2), CLASSES)
     assert [name for name, _ in policy.decide(probs(0.2, 0.3, 0.5)).top_k] == ["plastic",

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from scrapvision.settings import LineSettings, Settings, load_settings
+from scrapvision.settings import LineSettings, MqttSettings, Settings, load_settings
 
 
 @pytest.fixture(autouse=True)
@@ -59,6 +59,40 @@ def test_missing_config_file_is_an_error(tmp_path: Path) -> None:
 def test_typo_in_config_is_refused() -> None:
     with pytest.raises(ValidationError, match="prot"):
         Settings(prot=1)
+
+
+@pytest.mark.parametrize("section", [
+    {"lines": {"l1": {"model": "m", "treshold": {"a": 0.9}}}},
+    {"lines": {"l1": {"model": "m", "fusion": {"max_frame": 3}}}},
+    {"audit": {"max_age_day": 30}},
+    {"audit": {"frames": {"random_rat": 0.5}}},
+    {"mqtt": {"hots": "broker"}},
+    {"api_keys": [{"name": "a", "role": "qa", "sha256": "0" * 64, "sha": "x"}]},
+])
+def test_typo_in_a_nested_section_is_refused(section: dict) -> None:
+    with pytest.raises(ValidationError, match="Extra inputs are not permitted"):
+        Settings(**section)
+
+
+@pytest.mark.parametrize("name", ["line#1", "line/2", "line 3", "+", "x" * 65, ""])
+def test_line_names_that_a_url_topic_or_audit_column_cannot_hold_are_refused(name: str) -> None:
+    with pytest.raises(ValidationError, match="should match pattern"):
+        Settings(lines={name: LineSettings(model="m")})
+    assert list(Settings(lines={"Line-4.b_2": LineSettings(model="m")}).lines) == ["Line-4.b_2"]
+
+
+@pytest.mark.parametrize(("topic", "message"), [
+    ("plant/{site}/{line}", "only {line}"),
+    ("plant/{}", "only {line}"),
+    ("plant/+/{line}", "no '\\+' or '#'"),
+    ("plant/{line}/#", "no '\\+' or '#'"),
+    ("", "not empty"),
+    ("plant/{line", "braces do not pair up"),
+])
+def test_an_mqtt_topic_that_cannot_be_published_on_is_refused(topic: str, message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        MqttSettings(topic=topic)
+    assert MqttSettings(topic="plant/{line}/sort").topic == "plant/{line}/sort"
 
 
 @pytest.mark.parametrize(("fields", "message"), [

@@ -25,7 +25,8 @@ MODEL_FILE = "model.onnx"
 CARD_FILE = "card.json"
 ACTIVE_FILE = "active.json"
 _VERSION = re.compile(r"^v(\d+)$")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # one folder, never a path
+# One folder, never a path; at most 64 characters, the audit store's column.
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 class RegistryError(LookupError):
@@ -71,7 +72,8 @@ def replace_readable(tmp_name: str, path: Path) -> None:
 def check_name(name: str) -> str:
     """Refuse a model name that is not a plain folder name (no '/', '..' or hidden dir)."""
     if not _NAME.match(name):
-        raise RegistryError(f"invalid model name {name!r}: use letters, digits, '_', '.', '-'")
+        raise RegistryError(f"invalid model name {name!r}: use up to 64 letters, "
+                            f"digits, '_', '.', '-'")
     return name
 
 

@@ -13,10 +13,11 @@ every worker reads exactly the same settings.
 from __future__ import annotations
 
 import os
+import string
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import Field, StringConstraints, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -25,13 +26,16 @@ from pydantic_settings import (
 )
 
 from scrapvision.audit.settings import AuditSettings
+from scrapvision.configsection import ConfigSection
 
 CONFIG_ENV = "SCRAPVISION_CONFIG"
 DEFAULT_DEADLINE_MS = 80.0  # 0.3 m camera-to-ejector at 3 m/s, minus 20 ms valve time
 DEFAULT_MIN_CONFIDENCE = 0.5
+# A line name is a URL path segment, an MQTT topic level and a 64-character audit column.
+LineName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 
 
-class FusionSettings(BaseModel):
+class FusionSettings(ConfigSection):
     """Average the probabilities of several frames of one item (same `item_id`)."""
 
     max_frames: int = Field(5, ge=2, description="frames of one item kept for fusion")
@@ -39,14 +43,14 @@ class FusionSettings(BaseModel):
     max_items: int = Field(10_000, ge=1, description="items tracked at once (memory bound)")
 
 
-class LineSettings(BaseModel):
+class LineSettings(ConfigSection):
     """One sorting line: which model judges it and how a class becomes an ejector action."""
 
     model: str = Field(description="model name in the registry; its active version is served")
     bins: dict[str, str | None] | None = Field(
         None,
-        description="class -> bin / ejector; null = pass (no ejector). "
-        "Omitted: every class gets its own bin, named after the class",
+        description="class -> bin / ejector; null or a class not listed = pass (no "
+        "ejector). Omitted: every class gets its own bin, named after the class",
     )
     recirculate_bin: str = Field("recirculate", description="where unsure items go")
     deadline_ms: float | None = Field(
@@ -106,7 +110,7 @@ class LineSettings(BaseModel):
         return self.deadline_ms if self.deadline_ms is not None else DEFAULT_DEADLINE_MS
 
 
-class ApiKey(BaseModel):
+class ApiKey(ConfigSection):
     """An API key, stored as its SHA-256 hex digest (`scrapvision hash-key KEY` prints one)."""
 
     name: str
@@ -114,13 +118,28 @@ class ApiKey(BaseModel):
     sha256: str = Field(pattern="^[0-9a-f]{64}$")
 
 
-class MqttSettings(BaseModel):
+class MqttSettings(ConfigSection):
     host: str = "127.0.0.1"
     port: int = 1883
     topic: str = Field("scrapvision/lines/{line}/decisions", description="{line} is replaced")
     qos: int = Field(0, ge=0, le=2)
     client_id: str = ""
     max_queued: int = Field(10_000, ge=1, description="messages buffered while disconnected")
+
+    @field_validator("topic")
+    @classmethod
+    def _publishable(cls, topic: str) -> str:
+        """Refused at startup, not by paho on every decision once the service runs."""
+        try:
+            fields = {field for _, field, _, _ in string.Formatter().parse(topic)
+                      if field is not None}
+        except ValueError as exc:
+            raise ValueError(f"the topic's braces do not pair up ({exc})") from None
+        if fields - {"line"}:
+            raise ValueError(f"the topic may hold only {{line}}, not {sorted(fields - {'line'})}")
+        if not topic or "+" in topic or "#" in topic:
+            raise ValueError("an MQTT topic to publish on is not empty and holds no '+' or '#'")
+        return topic
 
 
 class Settings(BaseSettings):
@@ -150,8 +169,9 @@ class Settings(BaseSettings):
         "(1 = no micro-batching: best on small CPUs)"
     )
     models_dir: Path = Path("models")
-    lines: dict[str, LineSettings] = Field(
-        default_factory=dict, description="empty: one line per registry model, named after it"
+    lines: dict[LineName, LineSettings] = Field(
+        default_factory=dict, description="empty: one line per registry model, named after it; "
+        "names: up to 64 letters, digits, '_', '.', '-'"
     )
     max_frame_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     max_batch_frames: int = Field(64, ge=1)

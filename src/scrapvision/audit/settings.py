@@ -11,12 +11,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import Field, field_validator
+
+from scrapvision.configsection import ConfigSection
 
 _SHIFT_START = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
 
 
-class FrameSampling(BaseModel):
+class FrameSampling(ConfigSection):
     """Which frames keep a downscaled copy for human review, and how many per minute."""
 
     enabled: bool = True
@@ -38,7 +40,7 @@ class FrameSampling(BaseModel):
     jpeg_quality: int = Field(85, ge=30, le=100)
 
 
-class AuditSettings(BaseModel):
+class AuditSettings(ConfigSection):
     """Where decisions are stored, how they are written, and how long they are kept."""
 
     url: str = Field(

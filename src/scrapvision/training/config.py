@@ -10,20 +10,18 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
+
+from scrapvision.configsection import ConfigSection
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")  # a typo in a key is an error, not a silent default
-
-
-class DataConfig(_Section):
+class DataConfig(ConfigSection):
     roots: list[Path] = Field(min_length=1, description="ImageFolder roots, merged")
     split_csv: Path | None = Field(None, description="file,label,split[,group]; made when absent")
     fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
 
 
-class ModelConfig(_Section):
+class ModelConfig(ConfigSection):
     backbone: str = "efficientnet_lite0"
     input_size: int | None = Field(None, description="square input side; default: the backbone's")
     pretrained: bool = True
@@ -32,7 +30,7 @@ class ModelConfig(_Section):
     tta_flip: bool = Field(False, description="export: mean logits of the image and its mirror")
 
 
-class AugmentConfig(_Section):
+class AugmentConfig(ConfigSection):
     """Conveyor frames: items at any position, orientation and under changing light."""
 
     scale_min: float = Field(0.5, gt=0, le=1, description="random resized crop area range")
@@ -51,7 +49,7 @@ class AugmentConfig(_Section):
                                                  "each batch gets one of the two")
 
 
-class OptimConfig(_Section):
+class OptimConfig(ConfigSection):
     probe_epochs: int = Field(0, ge=0, description="train the head on frozen features first")
     probe_lr: float = Field(3e-3, gt=0)
     epochs: int = Field(15, ge=1)
@@ -73,7 +71,7 @@ class OptimConfig(_Section):
     max_steps_per_epoch: int | None = Field(None, ge=1, description="cap, for smoke runs")
 
 
-class TrainConfig(_Section):
+class TrainConfig(ConfigSection):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$", description="model name in the registry")
     seed: int = 0
     threads: int = Field(2, ge=1)
