@@ -88,6 +88,18 @@ def test_export_refuses_to_clobber_foreign_folders(store, reviewed, tmp_path):
     assert export_dataset(store.engine, store.frame_store, out, overwrite=True).images == 2
 
 
+def test_a_merge_source_overlapping_the_output_is_refused_before_anything_is_deleted(
+        store, reviewed, tmp_path):
+    out = tmp_path / "export"
+    export_dataset(store.engine, store.frame_store, out)
+    before = sorted(path.relative_to(out) for path in out.rglob("*"))
+    for source in (out, out / "red", tmp_path):  # itself, inside it, holding it
+        with pytest.raises(ExportError, match="one inside the other"):
+            export_dataset(store.engine, store.frame_store, out, merge_with=source,
+                           overwrite=True)
+    assert sorted(path.relative_to(out) for path in out.rglob("*")) == before
+
+
 def test_conflicting_reviews_of_one_frame_are_left_out(store, make_decision, tmp_path):
     frame = colour_frame("red")
     for minute in range(2):  # the same picture twice, judged differently

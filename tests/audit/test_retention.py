@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import time
 
-from sqlalchemy import func, select
+from sqlalchemy import event, func, insert, select
 from tinymodel import colour_frame
 
 from scrapvision.audit import queries, reviews
 from scrapvision.audit.retention import prune
 from scrapvision.audit.store import AuditStore
-from scrapvision.audit.tables import decisions, tally_minutes
+from scrapvision.audit.tables import decisions, reviews as reviews_table, tally_minutes
 
 DAY = 86_400.0
 NOW = 1_795_300_000.0
@@ -55,6 +56,54 @@ def test_prune_by_row_count_deletes_oldest_and_orphan_frames(store, make_decisio
     assert not store.frame_store.path(ids["old"]["frame_hash"]).exists()
     assert _count(store) == 2  # "new" and the reviewed one
     assert prune(store.engine, store.frame_store, settings, now=NOW).decisions == 0
+
+
+def test_frames_no_decision_refers_to_are_swept_once_unused_long_enough(store, make_decision):
+    ids = _seed(store, make_decision)
+    frame_store = store.frame_store
+    stale_orphan = frame_store.save(colour_frame("green"))  # its row never committed
+    fresh_orphan = frame_store.save(colour_frame("green", 320, 240))  # its row may be buffered
+    for frame_hash, age_days in [(stale_orphan, 3), (fresh_orphan, 1),
+                                 (ids["new"]["frame_hash"], 3)]:
+        written = NOW - age_days * DAY
+        os.utime(frame_store.path(frame_hash), (written, written))
+    settings = store.settings.model_copy(update={"max_age_days": None, "orphan_frame_days": 2})
+    assert prune(store.engine, frame_store, settings, now=NOW).frames == 1
+    assert not frame_store.path(stale_orphan).exists()
+    assert frame_store.path(fresh_orphan).exists()
+    assert frame_store.path(ids["new"]["frame_hash"]).exists()  # a decision refers to it
+
+
+def test_a_frame_saved_again_restarts_its_grace_period(store):
+    frame_hash = store.frame_store.save(colour_frame("green"))
+    path = store.frame_store.path(frame_hash)
+    os.utime(path, (NOW - 3 * DAY, NOW - 3 * DAY))
+    assert store.frame_store.save(colour_frame("green")) == frame_hash
+    assert path.stat().st_mtime > NOW
+
+
+def test_a_decision_reviewed_while_its_chunk_is_pruned_is_kept(store, make_decision):
+    ids = _seed(store, make_decision)
+    reviewed_meanwhile = ids["old"]["id"]
+
+    def review_after_the_select(connection, clause, *args) -> None:
+        if getattr(clause, "is_select", False) and not connection.info.get("reviewed"):
+            connection.info["reviewed"] = True  # once: as QA would, between SELECT and DELETE
+            connection.execute(insert(reviews_table).values(
+                decision_id=reviewed_meanwhile, time=NOW, reviewer="anna", verdict="confirm",
+                label="red"))
+
+    settings = store.settings.model_copy(update={"max_age_days": 7})
+    event.listen(store.engine, "after_execute", review_after_the_select)
+    try:
+        result = prune(store.engine, store.frame_store, settings, now=NOW)
+    finally:
+        event.remove(store.engine, "after_execute", review_after_the_select)
+    assert result.decisions == 0
+    left = {item["frame_id"] for item in
+            queries.page(store.engine, queries.DecisionFilter())["items"]}
+    assert {"old", "old-reviewed"} <= left
+    assert _count(store, reviews_table) == 2
 
 
 def test_running_store_prunes_in_the_background(audit_settings, make_decision):

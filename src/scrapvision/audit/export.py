@@ -47,6 +47,8 @@ def export_dataset(engine: Engine, frame_store: FrameStore, out: Path, *,
                    overwrite: bool = False) -> ExportResult:
     """Write the reviewed frames (of `line`, or all) as an ImageFolder data set at `out`."""
     out = Path(out)
+    if merge_with is not None:  # before _prepare, which may delete the earlier export
+        _check_merge_source(Path(merge_with), out)
     _prepare(out, overwrite)
     result = ExportResult(out=out)
     entries = [*_reviewed_frames(engine, frame_store, out, line, result)]
@@ -112,12 +114,19 @@ def _reviewed_frames(engine: Engine, frame_store: FrameStore, out: Path, line: s
     return entries
 
 
-def _merge(root: Path, out: Path, result: ExportResult) -> list[dict[str, Any]]:
-    """Take over `root`'s ImageFolder images; keeps its manifest entries when it has one."""
+def _check_merge_source(root: Path, out: Path) -> None:
+    """Refuse a merge source that is, holds or lies inside the output folder: replacing the
+    output would delete it, or the export would merge itself."""
     if not root.is_dir():
         raise ExportError(f"--merge-with {root} is not a directory")
-    if root.resolve() == out.resolve():
-        raise ExportError("--merge-with must not be the output folder")
+    source, target = root.resolve(), out.resolve()
+    if source == target or source.is_relative_to(target) or target.is_relative_to(source):
+        raise ExportError(f"--merge-with {root} and the output folder {out} must not be the "
+                          "same folder or one inside the other")
+
+
+def _merge(root: Path, out: Path, result: ExportResult) -> list[dict[str, Any]]:
+    """Take over `root`'s ImageFolder images; keeps its manifest entries when it has one."""
     known: dict[str, dict[str, Any]] = {}
     if (root / MANIFEST).is_file():
         with (root / MANIFEST).open() as manifest:

@@ -14,6 +14,7 @@ import random
 import re
 import threading
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -110,12 +111,24 @@ class FrameStore:
         data = self.encode(frame)
         frame_hash = hashlib.sha256(data).hexdigest()
         path = self.path(frame_hash)
-        if not path.exists():
+        if path.exists():
+            os.utime(path)  # used again: the orphan sweep's grace period starts anew
+        else:
             path.parent.mkdir(parents=True, exist_ok=True)
             temporary = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
             temporary.write_bytes(data)
             os.replace(temporary, path)  # atomic: a reader never sees half a file
         return frame_hash
+
+    def unused_since(self, cutoff: float) -> Iterator[tuple[str, Path]]:
+        """(hash, path) of every stored frame last written or reused before `cutoff`."""
+        for path in self.root.glob("??/??/*.jpg"):
+            try:
+                written = path.stat().st_mtime
+            except FileNotFoundError:  # deleted meanwhile by another process's prune
+                continue
+            if written < cutoff and FRAME_HASH.match(path.stem):
+                yield path.stem, path
 
     def encode(self, frame: bytes) -> bytes:
         """JPEG bytes of `frame` with its longest side at most `longest_side` pixels.

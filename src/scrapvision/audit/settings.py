@@ -68,6 +68,11 @@ class AuditSettings(ConfigSection):
         400, gt=0, description="per-minute tallies are kept this long"
     )
     prune_interval_s: float = Field(3600, gt=0, description="how often retention runs")
+    orphan_frame_days: float = Field(
+        2, gt=0, description="frame files no decision refers to are deleted once unused this "
+        "long (a frame is written before its decision commits, which may wait in the buffer "
+        "while the database is away)"
+    )
     shift_starts: list[str] = Field(
         default_factory=lambda: ["06:00", "14:00", "22:00"],
         description="local start times of the shifts, HH:MM",
