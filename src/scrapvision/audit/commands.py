@@ -6,6 +6,8 @@ they find the service's database and frames without being told twice.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
@@ -29,6 +31,23 @@ FramesDir = Annotated[Optional[Path], typer.Option(
 def register(app: typer.Typer) -> None:
     """Add this stage's commands to the main `scrapvision` app."""
     app.add_typer(audit_app, name="audit")
+
+
+@contextmanager
+def _clear_errors() -> Iterator[None]:
+    """Bad settings or an unusable database: one line on stderr and exit status 2."""
+    from pydantic import ValidationError
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        yield
+    except ValidationError as exc:
+        typer.echo(f"error: the settings are not valid: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    except SQLAlchemyError as exc:
+        reason = str(exc.orig if getattr(exc, "orig", None) is not None else exc)
+        typer.echo(f"error: cannot use the audit database: {reason.splitlines()[0]}", err=True)
+        raise typer.Exit(2) from exc
 
 
 def _settings(config: Path | None, url: str | None, frames_dir: Path | None) -> AuditSettings:
@@ -63,17 +82,18 @@ def export_dataset(
     from scrapvision.audit.export import export_dataset as export
     from scrapvision.audit.frames import FrameStore
 
-    settings = _settings(config, url, frames_dir)
-    engine = make_engine(settings.url)
-    migrate(engine)
-    try:
-        result = export(engine, FrameStore(settings.frames_dir), out, merge_with=merge_with,
-                        line=line, overwrite=overwrite)
-    except ExportError as error:
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(1) from error
-    finally:
-        engine.dispose()
+    with _clear_errors():
+        settings = _settings(config, url, frames_dir)
+        engine = make_engine(settings.url)
+        try:
+            migrate(engine)
+            result = export(engine, FrameStore(settings.frames_dir), out,
+                            merge_with=merge_with, line=line, overwrite=overwrite)
+        except ExportError as error:
+            typer.echo(f"error: {error}", err=True)
+            raise typer.Exit(1) from error
+        finally:
+            engine.dispose()
     typer.echo(f"{result.images} reviewed frames and {result.merged} merged images -> {out}")
     for label, count in result.per_label.items():
         typer.echo(f"  {label}: {count}")
@@ -89,11 +109,12 @@ def prune(config: Config = None, url: Url = None, frames_dir: FramesDir = None) 
     """Apply the retention settings now: old unreviewed decisions, orphan frames, old tallies."""
     from scrapvision.audit.store import AuditStore
 
-    store = AuditStore(_settings(config, url, frames_dir)).start()
-    try:
-        result = store.prune()
-    finally:
-        store.close()
+    with _clear_errors():
+        store = AuditStore(_settings(config, url, frames_dir)).start()
+        try:
+            result = store.prune()
+        finally:
+            store.close()
     typer.echo(f"pruned {result.decisions} decisions, {result.frames} frames, "
                f"{result.rollups} tally minutes")
 
@@ -103,7 +124,10 @@ def migrate_schema(config: Config = None, url: Url = None) -> None:
     """Bring the audit database schema to the newest revision (the service does it at start)."""
     from scrapvision.audit.db import make_engine, migrate
 
-    engine = make_engine(_settings(config, url, None).url)
-    migrate(engine)
-    engine.dispose()
+    with _clear_errors():
+        engine = make_engine(_settings(config, url, None).url)
+        try:
+            migrate(engine)
+        finally:
+            engine.dispose()
     typer.echo("audit schema is at the newest revision")
