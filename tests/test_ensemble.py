@@ -119,11 +119,16 @@ def test_versions_that_cannot_be_joined_are_refused_and_nothing_is_registered(
     assert registry.versions("tiny") == before
 
 
-def test_data_without_val_rows_is_refused(complementary: ModelRegistry,
-                                          tmp_path: Path) -> None:
-    split_csv = write_colour_dataset(tmp_path / "no-val", per_split={"train": 4, "test": 4})
+@pytest.mark.parametrize(("per_split", "message"), [
+    ({"train": 4, "test": 4}, "no val rows"),
+    ({"train": 4, "val": 4}, "no test rows"),
+])
+def test_data_without_val_or_test_rows_is_refused_and_nothing_is_registered(
+        complementary: ModelRegistry, tmp_path: Path, per_split: dict[str, int],
+        message: str) -> None:
+    split_csv = write_colour_dataset(tmp_path / "data", per_split=per_split)
     result, output = ensemble(complementary, split_csv, "v1", "v2")
     assert result.exit_code == 2
-    assert "no val rows" in output
+    assert message in output
     assert complementary.versions("tiny") == ["v1", "v2"]
 

@@ -158,8 +158,9 @@ def ensemble_versions(models_dir: Path, name: str, versions: Sequence[str],
                       ) -> EnsembleResult:
     """Ensemble `name`'s `versions` into a new version, evaluate it, promote if asked.
 
-    Members that cannot be joined, and data without val rows, are refused before anything
-    is registered. `target_purity` and `note` default to those of the best member's card.
+    Members that cannot be joined, and data the members cannot be evaluated on (no val or
+    test rows, unreadable images, unknown labels), are refused before anything is
+    registered. `target_purity` and `note` default to those of the best member's card.
     """
     registry = ModelRegistry(models_dir)
     if len(set(versions)) != len(versions):
@@ -169,17 +170,19 @@ def ensemble_versions(models_dir: Path, name: str, versions: Sequence[str],
     with tempfile.TemporaryDirectory() as tmp:
         staged = Path(tmp) / "model.onnx"
         info = write_ensemble(paths, staged, samples, version=new_version)
+        scores = [m["val_top1"] for m in info.ensemble["members"]]
+        best = versions[scores.index(max(scores))]
+        best_card = registry.card(name, best) or {}
+        target_purity = target_purity or best_card.get("target_purity", DEFAULT_TARGET_PURITY)
+        note = note or best_card.get("data", {}).get("note")
+        # the best member first: data it cannot be evaluated on registers nothing
+        best_evaluation = run_evaluation(
+            registry.model_path(name, best), samples, target_purity=target_purity, note=note,
+            data_roots=data_roots, progress=progress)
         registry.add(name, staged, new_version)
     path = registry.model_path(name, new_version)
-    scores = [m["val_top1"] for m in info.ensemble["members"]]
-    best = versions[scores.index(max(scores))]
-    best_card = registry.card(name, best) or {}
-    target_purity = target_purity or best_card.get("target_purity", DEFAULT_TARGET_PURITY)
-    note = note or best_card.get("data", {}).get("note")
-    ensemble, best_evaluation = (
-        run_evaluation(p, samples, target_purity=target_purity, note=note,
-                       data_roots=data_roots, progress=progress)
-        for p in (path, registry.model_path(name, best)))
+    ensemble = run_evaluation(path, samples, target_purity=target_purity, note=note,
+                              data_roots=data_roots, progress=progress)
     write_evaluation(ensemble, path)  # card next to it, its own temperature stored in it
     comparison = compare_evaluations(ensemble, best_evaluation,
                                      (f"{name}:{new_version}", f"{name}:{best}"))
