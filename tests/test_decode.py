@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from tinymodel import colour_frame
 
-from scrapvision.decode import DecodeError, decode_frame, header_size, reduction_flag
+from scrapvision.decode import DecodeError, decode_frame, header_size, reduction_factor
 
 
 def encode(image: np.ndarray, fmt: str = ".png") -> bytes:
@@ -137,14 +137,15 @@ def test_caller_pixel_limit_applies() -> None:
         decode_frame(colour_frame("red", 64, 48), (8, 8), max_pixels=1000)
 
 
-@pytest.mark.parametrize(("size", "target", "flag"), [
-    ((1280, 720), (224, 224), cv2.IMREAD_REDUCED_COLOR_2),
-    ((2000, 2000), (224, 224), cv2.IMREAD_REDUCED_COLOR_8),
-    ((1000, 1000), (224, 224), cv2.IMREAD_REDUCED_COLOR_4),
-    ((300, 300), (224, 224), cv2.IMREAD_COLOR),
+@pytest.mark.parametrize(("size", "target", "factor"), [
+    ((1280, 720), (224, 224), 2),
+    ((2000, 2000), (224, 224), 8),
+    ((1000, 1000), (224, 224), 4),
+    ((300, 300), (224, 224), 1),
+    ((1280, 720), (400, 224), 1),  # target is (height, width): 720 / 2 < 400
 ])
-def test_reduction_flag_keeps_at_least_the_model_size(size, target, flag) -> None:
-    assert reduction_flag(*size, target) == flag
+def test_reduction_factor_keeps_at_least_the_model_size(size, target, factor) -> None:
+    assert reduction_factor(*size, target) == factor
 
 
 def test_reduced_decode_matches_model_size_and_colour() -> None:

@@ -68,8 +68,9 @@ def test_promoting_again_moves_a_version_to_the_end(registry: ModelRegistry,
 
 def test_unknown_model_and_version_are_refused(registry: ModelRegistry,
                                                onnx_file: Path) -> None:
-    with pytest.raises(RegistryError, match="no model named 'ghost'"):
-        registry.active("ghost")
+    for unknown in (registry.active, registry.rollback):
+        with pytest.raises(RegistryError, match="no model named 'ghost'"):
+            unknown("ghost")
     registry.add("tiny", onnx_file)
     with pytest.raises(RegistryError, match="has no version 'v5'"):
         registry.promote("tiny", "v5")

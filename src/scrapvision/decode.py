@@ -28,8 +28,6 @@ MAX_JPEG_SCANS = 100
 COLOUR_ORDERS = ("BGR", "RGB")
 
 _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
-_REDUCED_FLAGS = {8: cv2.IMREAD_REDUCED_COLOR_8, 4: cv2.IMREAD_REDUCED_COLOR_4,
-                  2: cv2.IMREAD_REDUCED_COLOR_2, 1: cv2.IMREAD_COLOR}
 
 
 class DecodeError(ValueError):
@@ -101,11 +99,6 @@ def reduction_factor(width: int, height: int, target: tuple[int, int]) -> int:
         if width // factor >= target_w and height // factor >= target_h:
             return factor
     return 1
-
-
-def reduction_flag(width: int, height: int, target: tuple[int, int]) -> int:
-    """The `cv2.imdecode` flag for `reduction_factor`, for callers decoding with OpenCV."""
-    return _REDUCED_FLAGS[reduction_factor(width, height, target)]
 
 
 def _decode_jpeg(data: bytes, width: int, height: int, factor: int) -> np.ndarray:

@@ -164,6 +164,7 @@ class ModelRegistry:
 
     def rollback(self, name: str) -> str:
         """Make the previously promoted version active again; returns it."""
+        self.active(name)  # raises for an unknown model
         history = self.history(name)
         if len(history) < 2:
             raise RegistryError(f"model '{name}' has no earlier promoted version to roll back to")
