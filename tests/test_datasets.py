@@ -105,3 +105,16 @@ def test_bad_inputs_give_clear_errors(image_root: Path, tmp_path: Path) -> None:
     bad.write_text("file,label,split\nalu/gone.jpg,alu,train\n")
     with pytest.raises(DatasetError, match="gone.jpg"):
         load_samples([image_root], bad)
+
+
+def test_roots_whose_class_file_paths_collide_are_refused(image_root: Path,
+                                                           tmp_path: Path) -> None:
+    """split.csv names an image by CLASS/file: two roots with `alu/00.jpg` cannot both be
+    written and read back, so the second would silently become a copy of the first."""
+    extra = tmp_path / "qa_export"
+    for seed, name in enumerate(("00.jpg", "01.jpg", "new.jpg"), start=5000):
+        _write_image(extra / "alu" / name, seed=seed)  # other images, same names
+    with pytest.raises(DatasetError, match=r"alu/00\.jpg.*alu/01\.jpg") as caught:
+        load_samples([image_root, extra])
+    assert "new.jpg" not in str(caught.value)
+    assert str(extra) in str(caught.value)

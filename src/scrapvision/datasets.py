@@ -5,9 +5,10 @@ Torch-free (numpy/opencv/csv only), so evaluation and the QA export can use it t
 Data is ImageFolder layout, `<root>/<CLASS>/<image>`; several roots may be merged (a data
 set plus a QA export) and the class list is the union of their folder names. A `split.csv`
 (columns `file,label,split[,group]`, paths relative to a root) is used as given. Without
-one, images are grouped so that byte-identical copies (sha256) and near-identical ones
-(64-bit dHash within `NEAR_DUPLICATE_BITS`) always land in the same split: otherwise a
-copy of a test image would sit in train and inflate the test score.
+one, `<CLASS>/<image>` must be unique across the roots (the run's split.csv names images
+by it), and images are grouped so that byte-identical copies (sha256) and near-identical
+ones (64-bit dHash within `NEAR_DUPLICATE_BITS`) always land in the same split: otherwise
+a copy of a test image would sit in train and inflate the test score.
 """
 
 from __future__ import annotations
@@ -39,7 +40,12 @@ class Sample:
     @property
     def relative_path(self) -> str:
         """`<CLASS>/<image>`: the path inside its ImageFolder root, stable across machines."""
-        return f"{self.path.parent.name}/{self.path.name}"
+        return relative_path(self.path)
+
+
+def relative_path(path: Path) -> str:
+    """`<CLASS>/<image>` of an image at `<root>/<CLASS>/<image>`."""
+    return f"{path.parent.name}/{path.name}"
 
 
 class DatasetError(ValueError):
@@ -69,6 +75,7 @@ def load_samples(
     images = [(path, label) for root in roots for path, label in _scan_image_folder(root)]
     if not images:
         raise DatasetError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {roots}")
+    _check_unique_relative_paths([path for path, _ in images])
     groups = duplicate_groups([path for path, _ in images])
     splits = _stratified_group_split([label for _, label in images], groups, seed, fractions)
     return [
@@ -142,6 +149,30 @@ def duplicate_groups(paths: Sequence[Path], max_bits: int = NEAR_DUPLICATE_BITS)
     roots = [find(i) for i in range(len(paths))]
     renumber = {root: n for n, root in enumerate(dict.fromkeys(roots))}
     return [renumber[root] for root in roots]
+
+
+def _check_unique_relative_paths(paths: Sequence[Path], shown: int = 3) -> None:
+    """Refuse two roots holding the same `<CLASS>/<image>`.
+
+    The run's split.csv names images by that path and resolves it against the roots in
+    order, so the second root's image would be written as a duplicate row and read back
+    as the first root's file: an image lost, another counted twice.
+    """
+    first: dict[str, Path] = {}
+    clashes: list[str] = []
+    for path in paths:
+        relative = relative_path(path)
+        if relative in first:
+            clashes.append(f"{relative} ({first[relative].parent.parent} and "
+                           f"{path.parent.parent})")
+        first.setdefault(relative, path)
+    if clashes:
+        more = f" and {len(clashes) - shown} more" if len(clashes) > shown else ""
+        raise DatasetError(
+            f"{len(clashes)} image path(s) occur under more than one root: "
+            f"{'; '.join(clashes[:shown])}{more}. A run's split.csv names images by "
+            "CLASS/file, so give the images distinct file names, or train from a split.csv "
+            "(each of its rows takes the file from the first root that has it)")
 
 
 def _scan_image_folder(root: Path) -> list[tuple[Path, str]]:
