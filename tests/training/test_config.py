@@ -61,3 +61,19 @@ def test_bad_values_name_the_key(config_file: Path, override: str, message: str)
 def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read config"):
         load_config(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize("text", ["- name: scrap\n- data: {}\n", "42\n", "just words\n"])
+@pytest.mark.parametrize("overrides", [[], ["optim.lr=3e-4"]])
+def test_a_top_level_that_is_not_a_mapping_is_a_clear_error(
+        tmp_path: Path, text: str, overrides: list[str]) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match="bad.yaml: the top level must be a mapping of sections"):
+        load_config(path, overrides)
+
+
+@pytest.mark.parametrize("size", ["0", "-5", "16"])
+def test_input_size_has_a_lower_bound(config_file: Path, size: str) -> None:
+    with pytest.raises(ConfigError, match=r"model\.input_size"):
+        load_config(config_file, [f"model.input_size={size}"])

@@ -23,7 +23,9 @@ class DataConfig(ConfigSection):
 
 class ModelConfig(ConfigSection):
     backbone: str = "efficientnet_lite0"
-    input_size: int | None = Field(None, description="square input side; default: the backbone's")
+    # The backbones downsample by 32: a smaller side leaves less than one feature pixel.
+    input_size: int | None = Field(None, ge=32,
+                                   description="square input side; default: the backbone's")
     pretrained: bool = True
     drop_rate: float = Field(0.2, ge=0, lt=1)
     drop_path_rate: float = Field(0.0, ge=0, lt=1)
@@ -92,7 +94,9 @@ class TrainConfig(ConfigSection):
     def input_size(self) -> int:
         from scrapvision.training.backbones import get_backbone  # noqa: PLC0415
 
-        return self.model.input_size or get_backbone(self.model.backbone).input_size
+        if self.model.input_size is not None:
+            return self.model.input_size
+        return get_backbone(self.model.backbone).input_size
 
 
 class ConfigError(ValueError):
@@ -113,15 +117,27 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
     node[leaf] = yaml.safe_load(value)
 
 
+def read_yaml_mapping(path: Path) -> dict[str, Any]:
+    """The file's top-level mapping (empty file: {}); a list or scalar there is refused here,
+    where the message can say so, not later as a type error inside an override."""
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read config {path}: {exc}") from exc
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections "
+                          f"(name, data, model, ...), not a {type(raw).__name__}")
+    return raw
+
+
 def load_config(path: Path | None, overrides: list[str] = (), base: dict | None = None
                 ) -> TrainConfig:
     """Read YAML (or start from `base`), apply `key=value` overrides, validate."""
     raw: dict[str, Any] = dict(base or {})
     if path is not None:
-        try:
-            raw = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"cannot read config {path}: {exc}") from exc
+        raw = read_yaml_mapping(Path(path))
     for assignment in overrides:
         apply_override(raw, assignment)
     try:
