@@ -12,6 +12,7 @@ import pytest
 import torch
 from tinytrain import tiny_config
 
+from scrapvision.datasets import DatasetError, Sample
 from scrapvision.engine import Engine
 from scrapvision.modelmeta import ModelInfo
 from scrapvision.registry import ModelRegistry
@@ -138,3 +139,22 @@ def test_mixup_mixes_even_batches_and_leaves_odd_ones_as_plain_smoothed_targets(
     # timm's Mixup pairs rows with their mirror: an odd batch is not mixed, and its smoothed
     # soft targets give the same loss as plain label smoothing
     assert same == (batch_size % 2 == 1)
+
+
+@pytest.fixture
+def corrupt_data(colour_data: Path, tmp_path: Path) -> Path:
+    """The colour data with one train image's bytes replaced by a truncated JPEG."""
+    root = Path(shutil.copytree(colour_data, tmp_path / "data"))
+    (root / "green" / "train_3.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a JPEG")
+    return root
+
+
+def test_a_corrupt_image_is_named_when_training(corrupt_data: Path, tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match=r"green/train_3\.jpg"):
+        train(tiny_config(corrupt_data, tmp_path / "runs"), progress=False)
+
+
+def test_a_corrupt_image_is_named_when_exporting(corrupt_data: Path) -> None:
+    bad = Sample(corrupt_data / "green" / "train_3.jpg", "green", "val", "g")
+    with pytest.raises(DatasetError, match=r"green/train_3\.jpg"):
+        parity_batch([bad], 64)

@@ -93,8 +93,13 @@ def retrain_command(
                f"(run {result.run_dir}, card next to {result.export.path})")
     if result.comparison is not None:
         typer.echo(result.comparison["verdict"])
+    if not result.comparable:
+        typer.echo(f"not comparable with {result.previous} (classes differ): not promoted")
     if result.promoted:
         typer.echo(f"{ref} is now active")
     elif result.previous is not None:
-        hint = "" if promote else f"; promote with `scrapvision models promote {ref}`"
+        # --promote only promotes a comparable winner: other classes are a person's call
+        asked = promote and result.comparable
+        hint = "" if asked else (f"; promote with `scrapvision models promote "
+                                 f"{result.export.name} {result.export.version}`")
         typer.echo(f"{result.previous} stays active{hint}")

@@ -15,8 +15,8 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2
 from tqdm import tqdm
 
-from scrapvision.datasets import Sample
-from scrapvision.decode import decode_frame
+from scrapvision.datasets import DatasetError, Sample
+from scrapvision.decode import DecodeError, decode_frame
 from scrapvision.training.config import AugmentConfig
 
 # The exported graph does the same scaling (mean = std = 0.5 of the 0..255 range).
@@ -33,9 +33,18 @@ def decode_all(samples: Sequence[Sample], size: int, *, progress: bool = True) -
     """uint8 (N, 3, size, size) RGB tensor of every sample, via the serving decode."""
     out = torch.empty((len(samples), 3, size, size), dtype=torch.uint8)
     for i, sample in enumerate(tqdm(samples, desc="decode", disable=not progress, leave=False)):
-        image = decode_frame(sample.path.read_bytes(), (size, size), colour_order="RGB")
+        image = decode_sample(sample, size, "RGB")
         out[i] = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
     return out
+
+
+def decode_sample(sample: Sample, size: int, colour_order: str) -> np.ndarray:
+    """One sample as the service decodes it; the error names the file, since a split.csv
+    may list thousands and the decoder's message alone does not say which one is bad."""
+    try:
+        return decode_frame(sample.path.read_bytes(), (size, size), colour_order=colour_order)
+    except (OSError, DecodeError) as exc:
+        raise DatasetError(f"cannot read {sample.path}: {exc}") from exc
 
 
 def build_augmentation(config: AugmentConfig, size: int) -> v2.Transform:

@@ -21,11 +21,10 @@ import torch
 from torch import nn
 
 from scrapvision.datasets import Sample
-from scrapvision.decode import decode_frame
 from scrapvision.modelmeta import INPUT_NAME, OUTPUT_NAME, ModelInfo
 from scrapvision.registry import ModelRegistry
 from scrapvision.training.backbones import create_model, get_backbone
-from scrapvision.training.data import MEAN, STD, normalise
+from scrapvision.training.data import MEAN, STD, decode_sample, normalise
 from scrapvision.training.trainer import (
     BEST_CHECKPOINT, RUN_FILE, TrainingError, load_run_config, run_samples,
 )
@@ -82,8 +81,7 @@ def load_trained_model(run_dir: Path) -> tuple[nn.Module, dict]:
 def parity_batch(samples: list[Sample], size: int, count: int = PARITY_IMAGES) -> np.ndarray:
     """Real frames, decoded as the service decodes them (BGR), preferring val rows."""
     ordered = sorted(samples, key=lambda s: s.split != "val")[:count]
-    return np.stack([decode_frame(s.path.read_bytes(), (size, size), COLOUR_ORDER)
-                     for s in ordered])
+    return np.stack([decode_sample(s, size, COLOUR_ORDER) for s in ordered])
 
 
 def export_onnx(graph: ServingGraph, example: np.ndarray, path: Path, info: ModelInfo) -> None:
