@@ -14,8 +14,9 @@ const SERIES = [
 
 const state = {
   items: [], selected: -1, cursors: [null], pageIndex: 0, nextCursor: null,
-  facets: null, frameUrl: null,
+  facets: null, frameUrl: null, saving: false,
 };
+const CLASS_KEYS = ["1", "2", "3", "4", "5", "6", "7", "8", "9", "0"];
 
 const $ = (selector) => document.querySelector(selector);
 
@@ -48,10 +49,17 @@ async function api(path, options = {}) {
   let detail = response.statusText;
   try {
     const body = await response.json();
-    detail = typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail);
+    detail = typeof body.detail === "string" ? body.detail : validationMessages(body.detail);
   } catch (_) { /* body was not JSON: keep the status text */ }
   if (response.status === 401 || response.status === 403) askKey();
   throw new Error(`${response.status}: ${detail}`);
+}
+
+// FastAPI's 422 detail is a list of {loc, msg}: show the messages, not the JSON.
+function validationMessages(detail) {
+  if (!Array.isArray(detail)) return JSON.stringify(detail);
+  return detail.map((error) => `${error.loc?.at(-1) ?? ""}: ${String(error.msg)
+    .replace(/^Value error, /, "")}`).join("; ");
 }
 
 async function getJson(path) {
@@ -156,7 +164,7 @@ function current() {
 
 function classesFor(item) {
   const byLine = state.facets?.classes_by_line?.[item.line];
-  return (byLine && byLine.length ? byLine : state.facets?.classes || []).slice(0, 9);
+  return byLine && byLine.length ? byLine : state.facets?.classes || [];
 }
 
 async function select(index) {
@@ -197,7 +205,8 @@ function renderFields(item) {
 
 function renderClassKeys(item) {
   $("#class-keys").replaceChildren(...classesFor(item).map((name, i) => {
-    const key = element("li", { "data-label": name }, `${i + 1} ${name}`);
+    const key = element("li", { "data-label": name },
+      i < CLASS_KEYS.length ? `${CLASS_KEYS[i]} ${name}` : name);
     key.addEventListener("click", () => pick(name));
     return key;
   }));
@@ -215,6 +224,7 @@ async function showFrame(item) {
   if (state.frameUrl) URL.revokeObjectURL(state.frameUrl);
   state.frameUrl = null;
   image.removeAttribute("src");
+  image.hidden = true; // no broken-image icon while loading or without a frame
   if (!item.frame_hash) {
     caption.textContent = "no frame kept for this decision";
     return;
@@ -224,6 +234,7 @@ async function showFrame(item) {
   if (current() !== item) return; // the user moved on while it loaded
   state.frameUrl = URL.createObjectURL(blob);
   image.src = state.frameUrl;
+  image.hidden = false;
   caption.textContent = `${item.frame_reason} · ${item.frame_hash.slice(0, 12)}`;
 }
 
@@ -237,23 +248,34 @@ function reviewer() {
   return name;
 }
 
+// One review at a time: a key pressed again while one is saved is ignored (it would review
+// the same decision twice), and the answer updates that decision's own row, wherever the
+// reviewer has moved meanwhile.
 async function review(verdict) {
   const item = current();
-  if (!item) return;
+  if (!item || state.saving) return;
   const body = { reviewer: reviewer(), verdict };
   if (verdict === "relabel") {
     body.label = $("#relabel-label").value.trim();
-    if (!body.label) throw new Error("pick a class (1-9) or type a label to relabel");
+    if (!body.label) throw new Error("pick a class (1-9, 0) or type a label to relabel");
   }
-  const response = await api(`/v1/audit/decisions/${item.id}/review`, {
-    method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
-  });
-  const saved = await response.json();
+  state.saving = true;
+  setStatus(`saving the review of decision ${item.id}…`);
+  let saved;
+  try {
+    const response = await api(`/v1/audit/decisions/${item.id}/review`, {
+      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
+    });
+    saved = await response.json();
+  } finally {
+    state.saving = false;
+  }
   item.review = { verdict: saved.verdict, label: saved.label, reviewer: saved.reviewer, time: saved.time };
-  const index = state.selected;
-  $("#decisions tbody").children[index].replaceWith(renderRow(item));
+  $(`#decisions tbody tr[data-id="${item.id}"]`)?.replaceWith(renderRow(item));
   setStatus(`decision ${item.id}: ${reviewText(item.review)}`);
-  await select(Math.min(index + 1, state.items.length - 1));
+  if (current() === item) { // still on it: move on to the next decision
+    await select(Math.min(state.items.indexOf(item) + 1, state.items.length - 1));
+  }
 }
 
 async function exportAs(format) {
@@ -279,11 +301,22 @@ function empty(container, text) {
   container.replaceChildren(element("p", { class: "empty" }, text));
 }
 
-function throughputChart(container, data) {
+// Every bucket of the window [since, until) is drawn, empty ones at 0, so a gap shows as
+// a gap and a lone busy minute as a peak.
+function windowBuckets(data, since, until) {
+  const byTime = new Map(data.points.map((p) => [p.time, p]));
+  const buckets = [];
+  for (let t = Math.floor(since / data.bucket_s) * data.bucket_s; t < until; t += data.bucket_s) {
+    buckets.push(byTime.get(t) || { time: t, total: 0 });
+  }
+  return buckets;
+}
+
+function throughputChart(container, data, since, until) {
   if (!data.points.length) return empty(container, "no decisions in this window");
   const width = 900, height = 260, left = 50, right = 110, top = 10, bottom = 30;
-  const times = data.points.map((p) => p.time);
-  const t0 = Math.min(...times), t1 = Math.max(...times) + data.bucket_s;
+  const buckets = windowBuckets(data, since, until);
+  const t0 = buckets[0].time, t1 = buckets.at(-1).time + data.bucket_s;
   const step = Math.max(1, Math.ceil(Math.max(...data.points.map((p) => p.total)) / 4));
   const yMax = step * 4; // whole-number ticks
   const x = (t) => left + ((t - t0) / (t1 - t0)) * (width - left - right);
@@ -302,7 +335,7 @@ function throughputChart(container, data) {
       new Date(t * 1000).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" }));
   }
   SERIES.forEach(([name, colour], i) => {
-    const points = data.points.map((p) => `${x(p.time + data.bucket_s / 2)},${y(p[name] || 0)}`);
+    const points = buckets.map((p) => `${x(p.time + data.bucket_s / 2)},${y(p[name] || 0)}`);
     svg("polyline", { points: points.join(" "), fill: "none", stroke: colour,
       "stroke-width": name === "total" ? 3 : 2, "stroke-dasharray": name === "total" ? "6 3" : "none",
       "data-series": name }, chart);
@@ -343,14 +376,15 @@ async function loadCharts() {
   const line = $("#chart-line").value;
   if (!line) return empty($("#throughput-chart"), "no lines recorded yet");
   const hours = Number($("#chart-hours").value) || 8;
-  const since = new Date(Date.now() - hours * 3600 * 1000).toISOString();
+  const until = Date.now() / 1000, since = until - hours * 3600;
   const bucket = Math.max(60, Math.ceil((hours * 3600) / 120 / 60) * 60);
-  const query = new URLSearchParams({ line, since });
+  const query = new URLSearchParams({ line, since: new Date(since * 1000).toISOString(),
+    until: new Date(until * 1000).toISOString() });
   const [throughput, purity] = await Promise.all([
     getJson(`/v1/audit/throughput?${query}&bucket_s=${bucket}`),
     getJson(`/v1/audit/purity?${query}`),
   ]);
-  throughputChart($("#throughput-chart"), throughput);
+  throughputChart($("#throughput-chart"), throughput, since, until);
   intervalChart($("#purity-chart"), purity.bins, (row) => `${row.bin} · ${shiftLabel(row.shift)}`);
   intervalChart($("#accuracy-chart"), purity.accuracy, (row) => `${shiftLabel(row.shift)}`);
 }
@@ -360,7 +394,7 @@ async function loadCharts() {
 function showTab(name) {
   document.querySelectorAll(".tab").forEach((tab) => tab.classList.toggle("active", tab.dataset.tab === name));
   document.querySelectorAll(".panel").forEach((panel) => panel.classList.toggle("active", panel.id === name));
-  if (name === "charts") loadCharts().catch(report);
+  if (name === "charts") loadCharts().then(() => setStatus("")).catch(report);
 }
 
 const KEYS = {
@@ -380,8 +414,8 @@ function onKey(event) {
   }
   if (!$("#review").classList.contains("active")) return;
   const item = current();
-  if (/^[1-9]$/.test(event.key) && item) {
-    const label = classesFor(item)[Number(event.key) - 1];
+  if (CLASS_KEYS.includes(event.key) && item) {
+    const label = classesFor(item)[CLASS_KEYS.indexOf(event.key)];
     if (label) pick(label);
   } else if (KEYS[event.key]) {
     Promise.resolve().then(KEYS[event.key]).catch(report);
@@ -409,6 +443,9 @@ async function start() {
   $("#next-page").addEventListener("click", () => turnPage(1).catch(report));
   $("#confirm").addEventListener("click", () => review("confirm").catch(report));
   $("#relabel").addEventListener("click", () => review("relabel").catch(report));
+  $("#relabel-label").addEventListener("keydown", (event) => {
+    if (event.key === "Enter") review("relabel").catch(report);
+  });
   $("#export-csv").addEventListener("click", () => exportAs("csv").catch(report));
   $("#export-jsonl").addEventListener("click", () => exportAs("jsonl").catch(report));
   $("#chart-filters").addEventListener("submit", (event) => {
