@@ -96,14 +96,18 @@ def _latest_review(store: AuditStore, frame_id: str) -> dict | None:
     return next(item["review"] for item in items if item["frame_id"] == frame_id)
 
 
-def test_qa_page_review_flow(served, page, tmp_path):
-    base, store = served
+def _open_with_key(page, base: str) -> None:
+    """Open /qa: with no key yet the API answers 401 and the page asks for one."""
     page.goto(f"{base}/qa")
-    # No key yet: the API answers 401 and the page asks for one.
     page.wait_for_selector("#key-dialog[open]")
     page.fill("#key-input", QA_KEY)
     page.click("#key-save")
     page.wait_for_function("document.querySelectorAll('#decisions tbody tr').length === 5")
+
+
+def test_qa_page_review_flow(served, page, tmp_path):
+    base, store = served
+    _open_with_key(page, base)
 
     page.select_option("#filter-line", "line1")
     page.select_option("#filter-class", "red")
@@ -180,11 +184,7 @@ def _row_ids(page) -> list[str]:
 def test_fast_keys_review_each_decision_once_and_keep_every_row(served, page):
     base, store = served
     page.add_init_script(SLOW_REVIEWS)
-    page.goto(f"{base}/qa")
-    page.wait_for_selector("#key-dialog[open]")
-    page.fill("#key-input", QA_KEY)
-    page.click("#key-save")
-    page.wait_for_function("document.querySelectorAll('#decisions tbody tr').length === 5")
+    _open_with_key(page, base)
     page.fill("#reviewer", "qa-anna")
     page.click("h1")
     rows = _row_ids(page)
@@ -204,11 +204,7 @@ def test_fast_keys_review_each_decision_once_and_keep_every_row(served, page):
 
 def test_a_bad_filter_shows_the_message_not_json(served, page):
     base, _ = served
-    page.goto(f"{base}/qa")
-    page.wait_for_selector("#key-dialog[open]")
-    page.fill("#key-input", QA_KEY)
-    page.click("#key-save")
-    page.wait_for_function("document.querySelectorAll('#decisions tbody tr').length === 5")
+    _open_with_key(page, base)
     page.fill("#filter-min-conf", "0.9")
     page.fill("#filter-max-conf", "0.5")
     page.click("#apply")
