@@ -202,9 +202,16 @@ def test_fast_keys_review_each_decision_once_and_keep_every_row(served, page):
     assert _reviews_by_decision(store) == {int(rows[0]): 1, int(rows[1]): 1}
 
 
-def test_a_bad_filter_shows_the_message_not_json(served, page):
+def test_filters_follow_the_line_and_name_the_model_and_errors_are_text(served, page):
     base, _ = served
     _open_with_key(page, base)
+    page.select_option("#filter-line", "line2")
+    classes = page.eval_on_selector_all("#filter-class option", "options => options.map(o => o.value)")
+    assert classes == ["", "blue"]  # line2 only ever saw blue
+    page.select_option("#filter-model", "tiny:v1")
+    page.click("#apply")
+    page.wait_for_function("document.querySelectorAll('#decisions tbody tr').length === 1")
+    page.select_option("#filter-line", "")
     page.fill("#filter-min-conf", "0.9")
     page.fill("#filter-max-conf", "0.5")
     page.click("#apply")

@@ -76,6 +76,12 @@ function filterParams() {
   const params = new URLSearchParams();
   for (const field of $("#filters").elements) {
     if (!field.name || field.value === "") continue;
+    if (field.name === "model") { // "name:version": a version alone is ambiguous across models
+      const [name, version] = field.value.split(":");
+      params.set("model_name", name);
+      params.set("model_version", version);
+      continue;
+    }
     const value = field.type === "datetime-local" ? new Date(field.value).toISOString() : field.value;
     params.set(field.name, value);
   }
@@ -93,12 +99,18 @@ function fillSelect(select, values) {
 async function loadFacets() {
   state.facets = await getJson("/v1/audit/facets");
   fillSelect($("#filter-line"), state.facets.lines);
-  fillSelect($("#filter-class"), state.facets.classes);
+  fillClassFilter();
   fillSelect($("#filter-bin"), state.facets.bins);
-  fillSelect($("#filter-model"), state.facets.model_versions);
+  fillSelect($("#filter-model"), state.facets.models);
   fillSelect($("#chart-line"), state.facets.lines);
   $("#label-options").replaceChildren(
     ...state.facets.labels.map((label) => element("option", { value: label })));
+}
+
+// The classes of the line chosen, or of every line.
+function fillClassFilter() {
+  const line = $("#filter-line").value;
+  fillSelect($("#filter-class"), line ? state.facets.classes_by_line[line] || [] : state.facets.classes);
 }
 
 async function loadPage() {
@@ -439,6 +451,7 @@ async function start() {
     event.preventDefault();
     applyFilters().catch(report);
   });
+  $("#filter-line").addEventListener("change", () => state.facets && fillClassFilter());
   $("#prev-page").addEventListener("click", () => turnPage(-1).catch(report));
   $("#next-page").addEventListener("click", () => turnPage(1).catch(report));
   $("#confirm").addEventListener("click", () => review("confirm").catch(report));
