@@ -128,3 +128,13 @@ def test_readme_configuration_example_is_valid(tmp_path: Path) -> None:
     assert line.effective_deadline_ms == pytest.approx(80.0)
     assert line.bins is not None and line.bins["Keyboard"] is None
     assert line.fusion is not None and settings.api_keys[0].role == "frames"
+
+
+def test_audit_readme_settings_block_is_valid_and_shows_the_defaults() -> None:
+    import yaml
+
+    from scrapvision.audit.settings import AuditSettings
+
+    readme = (Path(__file__).parents[1] / "src/scrapvision/audit/README.md").read_text()
+    block = readme.split("## Settings", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    assert AuditSettings(**yaml.safe_load(block)["audit"]) == AuditSettings()

@@ -175,6 +175,9 @@ class Settings(BaseSettings):
     )
     max_frame_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     max_batch_frames: int = Field(64, ge=1)
+    max_batch_bytes: int = Field(
+        32 * 1024 * 1024, ge=1024, description="limit of a batch body (and at most "
+        "max_batch_frames x max_frame_bytes): what one connection can make the service hold")
     max_json_bytes: int = Field(
         64 * 1024, ge=1024, description="limit of other (JSON) bodies: model loads, reviews")
     max_pixels: int = Field(40_000_000, ge=1)

@@ -38,3 +38,10 @@ def test_batch_limit_is_frame_limit_times_batch_size(make_client) -> None:
     response = client.post("/v1/lines/tiny/batch", content=b"\0" * 5000,
                            headers={"Content-Type": "application/x-scrapvision-batch"})
     assert response.status_code == 413 and "4096" in response.json()["detail"]
+
+
+def test_a_batch_body_is_held_to_max_batch_bytes(make_client) -> None:
+    client = make_client(max_frame_bytes=2048, max_batch_frames=64, max_batch_bytes=3000)
+    response = client.post("/v1/lines/tiny/batch", content=iter([b"\0" * 2000, b"\0" * 2000]),
+                           headers={"Content-Type": "application/x-scrapvision-batch"})
+    assert response.status_code == 413 and "3000" in response.json()["detail"]

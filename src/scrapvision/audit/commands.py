@@ -16,7 +16,8 @@ import typer
 if TYPE_CHECKING:
     from scrapvision.audit.settings import AuditSettings
 
-audit_app = typer.Typer(help="QA audit store: export reviewed frames for retraining, retention.",
+audit_app = typer.Typer(help="QA audit store: export reviewed frames for retraining, retention, "
+                             "schema migration.",
                         no_args_is_help=True)
 
 Config = Annotated[Optional[Path], typer.Option(

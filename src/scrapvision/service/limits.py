@@ -3,7 +3,8 @@
 FastAPI reads a JSON body whole before validating it, so a limit inside a route comes too
 late. This ASGI middleware refuses an oversized declared `Content-Length` at once, and
 counts the bytes of a chunked body as they arrive, with 413 either way. Frame routes get
-the frame limit, batch routes frame limit x batch size, everything else `max_json_bytes`.
+the frame limit, batch routes `max_batch_bytes` (at most frame limit x batch size),
+everything else `max_json_bytes`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ class BodyLimitMiddleware:
     def __init__(self, app: ASGIApp, settings: Settings) -> None:
         self.app = app
         self.frame_limit = settings.max_frame_bytes
-        self.batch_limit = settings.max_frame_bytes * settings.max_batch_frames
+        self.batch_limit = min(settings.max_batch_bytes,
+                               settings.max_frame_bytes * settings.max_batch_frames)
         self.other_limit = settings.max_json_bytes
 
     def limit_for(self, path: str) -> int:

@@ -64,7 +64,7 @@ REJECTED = Counter(
 )
 MQTT_NOT_PUBLISHED = Counter(
     "scrapvision_mqtt_not_published_total",
-    "Decisions not handed to the MQTT client (its queue full)", ["line"],
+    "Decisions not published: the client's queue full, or QoS 0 while disconnected", ["line"],
 )
 WORKERS_STARTED = Gauge(
     "scrapvision_workers_started", "Worker processes that have loaded their models and serve",
