@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import time
 from collections import OrderedDict
+from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,9 +97,9 @@ class ItemFusion:
 
     def __init__(self, settings: FusionSettings) -> None:
         self.settings = settings
-        self._items: OrderedDict[str, list[tuple[float, np.ndarray]]] = OrderedDict()
+        self._items: OrderedDict[Hashable, list[tuple[float, np.ndarray]]] = OrderedDict()
 
-    def fuse(self, item_id: str, probs: np.ndarray, now: float | None = None) -> np.ndarray:
+    def fuse(self, item_id: Hashable, probs: np.ndarray, now: float | None = None) -> np.ndarray:
         now = time.monotonic() if now is None else now
         horizon = now - self.settings.window_s
         frames = [f for f in self._items.pop(item_id, []) if f[0] >= horizon]

@@ -46,3 +46,19 @@ def test_frames_of_one_item_are_fused(make_client) -> None:
     assert (fused["class_name"], fused["action"]) == ("red", "eject")
     assert fused["confidence"] < 0.9
     assert post("grey", "item-2")["action"] == "recirculate"  # another item: not fused
+
+
+
+def test_fusion_never_mixes_frames_judged_by_two_model_versions(make_client, models_dir: Path,
+                                                                tmp_path: Path) -> None:
+    client = make_client(lines={"tiny": LineSettings(
+        model="tiny", deadline_ms=60_000, fusion=FusionSettings(max_frames=3, window_s=60))})
+    red = client.post("/v1/lines/tiny/frames", content=colour_frame("red"),
+                      headers=frame_headers(**{"X-Item-Id": "item-1"})).json()
+    assert (red["model_version"], red["action"]) == ("v1", "eject")
+    ModelRegistry(models_dir).add("tiny", build_tiny_model(tmp_path / "v2.onnx", version="v2"))
+    assert client.post("/v1/models/tiny/load", json={"version": "v2"}).status_code == 200
+    grey = client.post("/v1/lines/tiny/frames", content=colour_frame("grey"),
+                       headers=frame_headers(**{"X-Item-Id": "item-1"}))
+    assert grey.status_code == 200
+    assert (grey.json()["model_version"], grey.json()["action"]) == ("v2", "recirculate")

@@ -116,10 +116,14 @@ class Line:
 
     def _conclude(self, loaded: LoadedModel, item_id: str | None,
                   probs: np.ndarray) -> Verdict:
-        """Runs where inference ran: fuse with the item's earlier frames, then decide."""
+        """Runs where inference ran: fuse with the item's earlier frames, then decide.
+
+        Only frames judged by the same model version are fused: another version's
+        probabilities may have other classes, or the same ones in another order.
+        """
         if self.fusion is not None and item_id:
             with self._fusion_lock:
-                probs = self.fusion.fuse(item_id, probs)
+                probs = self.fusion.fuse((loaded.version, item_id), probs)
         return loaded.policies[self.name].decide(probs)
 
     def _finish(self, loaded: LoadedModel, meta: FrameMeta, frame: bytes, received: float,
