@@ -163,3 +163,31 @@ def test_a_damaged_card_is_a_registry_file_error_naming_it(
     card_file.write_bytes(content)
     with pytest.raises(RegistryFileError, match="evaluate"):
         registry.card("tiny", "v1")
+
+
+def test_unreadable_registry_files_are_registry_file_errors(
+        registry: ModelRegistry, onnx_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    registry.add("tiny", onnx_file)
+    registry.promote("tiny", "v1")
+    (registry.root / "tiny" / "v1" / "card.json").write_text("{}")
+    read_bytes, iterdir = Path.read_bytes, Path.iterdir
+
+    def refuse_files(path: Path) -> bytes:
+        if path.name in ("active.json", "card.json"):
+            raise PermissionError(13, "Permission denied")
+        return read_bytes(path)
+
+    def refuse_folder(path: Path):
+        if path.name == "tiny":
+            raise PermissionError(13, "Permission denied")
+        return iterdir(path)
+
+    monkeypatch.setattr(Path, "read_bytes", refuse_files)
+    with pytest.raises(RegistryFileError, match="active.json cannot be read: Permission denied"):
+        registry.active("tiny")
+    with pytest.raises(RegistryFileError, match="card.json cannot be read"):
+        registry.card("tiny", "v1")
+    monkeypatch.setattr(Path, "iterdir", refuse_folder)
+    with pytest.raises(RegistryFileError, match="tiny cannot be read"):
+        registry.versions("tiny")
+    assert registry.names() == ["tiny"]  # still listed: its lines say why they are not ready

@@ -69,6 +69,13 @@ def replace_readable(tmp_name: str, path: Path) -> None:
     os.replace(tmp_name, path)
 
 
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:  # permissions, I/O error: the same repair as a damaged file
+        raise RegistryFileError(f"{path} cannot be read: {exc.strerror}") from None
+
+
 def check_name(name: str) -> str:
     """Refuse a model name that is not a plain folder name (no '/', '..' or hidden dir)."""
     if not _NAME.match(name):
@@ -82,24 +89,35 @@ class ModelRegistry:
         self.root = Path(root)
 
     def names(self) -> list[str]:
+        """Model folders with at least one version; an unreadable one is listed, so that
+        its lines say why they are not ready instead of vanishing."""
         if not self.root.is_dir():
             return []
         return sorted(p.name for p in self.root.iterdir()
-                      if _NAME.match(p.name) and self.versions(p.name))
+                      if _NAME.match(p.name) and p.is_dir() and self._may_hold_versions(p.name))
+
+    def _may_hold_versions(self, name: str) -> bool:
+        try:
+            return bool(self.versions(name))
+        except RegistryFileError:
+            return True
 
     def versions(self, name: str) -> list[str]:
         folder = self.root / check_name(name)
-        if not folder.is_dir():
-            return []
-        found = [p.name for p in folder.iterdir() if _VERSION.match(p.name)
-                 and (p / MODEL_FILE).is_file()]
+        try:
+            if not folder.is_dir():
+                return []
+            found = [p.name for p in folder.iterdir() if _VERSION.match(p.name)
+                     and (p / MODEL_FILE).is_file()]
+        except OSError as exc:
+            raise RegistryFileError(f"{folder} cannot be read: {exc.strerror}") from None
         return sorted(found, key=lambda v: int(v[1:]))
 
     def _state(self, name: str) -> dict[str, Any]:
         path = self.root / check_name(name) / ACTIVE_FILE
         if path.is_file():
             try:
-                return _ActiveFile.model_validate_json(path.read_bytes()).model_dump()
+                return _ActiveFile.model_validate_json(_read(path)).model_dump()
             except ValidationError as exc:
                 problem = exc.errors()[0]["msg"]
                 raise RegistryFileError(
@@ -131,7 +149,7 @@ class ModelRegistry:
         if not path.is_file():
             return None
         try:
-            card = json.loads(path.read_bytes())
+            card = json.loads(_read(path))
             if isinstance(card, dict):
                 return card
         except ValueError:  # JSONDecodeError, UnicodeDecodeError

@@ -179,3 +179,27 @@ def test_a_damaged_active_file_at_startup_leaves_only_its_lines_not_ready(
                            headers=frame_headers())
     assert response.status_code == 503
     assert "active.json is damaged" in response.json()["detail"]
+
+
+def test_a_model_the_watcher_fails_on_never_holds_back_another(
+        make_client, models_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    from scrapvision.settings import LineSettings
+    from tests.service.conftest import wait_until
+
+    registry = ModelRegistry(models_dir)
+    registry.add("other", build_tiny_model(tmp_path / "other.onnx", name="other"))
+    client = make_client(lines={"a": LineSettings(model="tiny", deadline_ms=60_000),
+                                "b": LineSettings(model="other", deadline_ms=60_000)})
+    manager = client.app.state.models
+    active = manager.registry.active
+
+    def failing_for_tiny(name: str) -> str:
+        if name == "tiny":
+            raise RuntimeError("unexpected")
+        return active(name)
+
+    monkeypatch.setattr(manager.registry, "active", failing_for_tiny)
+    registry.add("other", build_tiny_model(tmp_path / "other2.onnx", name="other", version="v2"))
+    registry.promote("other", "v2")
+    wait_until(lambda: manager.slots["other"].current.version == "v2")
+    assert "unexpected" in manager.slots["tiny"].registry_error

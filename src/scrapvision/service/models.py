@@ -151,31 +151,42 @@ class ModelManager:
             return loaded
 
     async def sync_with_registry(self) -> None:
-        """Swap to whatever `active.json` names now (another worker may have changed it)."""
+        """Swap to whatever `active.json` names now (another worker may have changed it).
+
+        Each model on its own: one whose registry files cannot be read never holds back
+        another's promotion.
+        """
         for slot in self.slots.values():
             try:
-                active = self.registry.active(slot.name)
-            except RegistryError as exc:  # deleted, damaged or mid-edit by hand
-                if str(exc) != slot.registry_error:  # once per problem, not every poll
-                    log.warning("registry not readable; the current version keeps serving",
-                                extra={"model": slot.name, "error": str(exc)})
-                slot.registry_error = str(exc)
-                continue
-            slot.registry_error = None
-            serving = slot.current.version if slot.current else None
-            if active in (serving, slot.refused_version):
-                continue
-            async with self._swap_lock:
-                await run_in_threadpool(self._try_install, slot, active)
+                await self._sync_slot(slot)
+            except Exception as exc:  # a failing watcher would leave this model on its version
+                problem = f"model watch failed: {exc!r}"
+                if problem != slot.registry_error:  # once per problem, not every poll
+                    log.exception("model watch failed; trying again at the next poll",
+                                  extra={"model": slot.name})
+                slot.registry_error = problem
+
+    async def _sync_slot(self, slot: ModelSlot) -> None:
+        try:
+            active = self.registry.active(slot.name)
+        except RegistryError as exc:  # deleted, damaged, unreadable or mid-edit by hand
+            if str(exc) != slot.registry_error:  # once per problem, not every poll
+                log.warning("registry not readable; the current version keeps serving",
+                            extra={"model": slot.name, "error": str(exc)})
+            slot.registry_error = str(exc)
+            return
+        slot.registry_error = None
+        serving = slot.current.version if slot.current else None
+        if active in (serving, slot.refused_version):
+            return
+        async with self._swap_lock:
+            await run_in_threadpool(self._try_install, slot, active)
 
     async def watch(self, interval_s: float) -> None:
         """Poll the registry forever (a background task of each worker)."""
         while True:
             await asyncio.sleep(interval_s)
-            try:
-                await self.sync_with_registry()
-            except Exception:  # a dead watcher would leave this worker on its version for good
-                log.exception("model watch failed; trying again at the next poll")
+            await self.sync_with_registry()
 
     def close(self) -> None:
         for slot in self.slots.values():
@@ -191,7 +202,7 @@ class ModelManager:
                 "lines": sorted(slot.lines),
                 "version": loaded.version if loaded else None,
                 "active": _safe(self.registry.active, slot.name),
-                "versions": self.registry.versions(slot.name),
+                "versions": _safe(self.registry.versions, slot.name),
                 "history": _safe(self.registry.history, slot.name),
                 "loaded_at": loaded.loaded_at if loaded else None,
                 "info": loaded.info.model_dump() if loaded else None,
