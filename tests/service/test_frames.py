@@ -214,3 +214,28 @@ def test_unknown_line_is_404(client: TestClient) -> None:
     response = client.post("/v1/lines/nope/frames", content=colour_frame("red"))
     assert response.status_code == 404
     assert "tiny" in response.json()["detail"]
+
+
+def test_every_refused_frame_counts_for_its_line(client: TestClient) -> None:
+    from scrapvision.service import metrics
+
+    def rejected(status: int) -> float:
+        return metrics.REJECTED.labels("tiny", str(status))._value.get()
+
+    before = {status: rejected(status) for status in (400, 413, 415, 422)}
+    frames = "/v1/lines/tiny/frames"
+    client.post(frames, content=colour_frame("red"), headers={
+        **frame_headers(), "X-Belt-Position": "abc"})  # 422
+    client.post(frames, content=colour_frame("red"), headers={
+        **frame_headers(), "Content-Type": "text/plain"})  # 415
+    client.post(frames, content=b"\0" * (9 * 1024 * 1024), headers=frame_headers())  # 413
+    client.post("/v1/lines/tiny/batch", content=b"",
+                headers={"Content-Type": "application/x-scrapvision-batch"})  # 400
+    with client.websocket_connect("/v1/lines/tiny/stream") as socket:
+        socket.send_text('{"capture_time": -1}')
+        assert socket.receive_json()["status"] == 422
+    assert {status: rejected(status) - before[status] for status in before} == {
+        400: 1, 413: 1, 415: 1, 422: 2}
+    client.post("/v1/lines/nope/frames", content=b"\0" * (9 * 1024 * 1024),
+                headers=frame_headers())  # unknown line: no series for it
+    assert 'line="nope"' not in client.get("/metrics").text

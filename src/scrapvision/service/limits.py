@@ -13,6 +13,7 @@ from fastapi import HTTPException
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from scrapvision.service import metrics
 from scrapvision.settings import Settings
 
 
@@ -38,6 +39,7 @@ class BodyLimitMiddleware:
         limit = self.limit_for(scope["path"])
         declared = _content_length(scope)
         if declared is not None and declared > limit:
+            _count_if_frame_of_a_line(scope)
             response = JSONResponse(
                 {"detail": f"body of {declared} bytes exceeds the limit of {limit} bytes"}, 413)
             await response(scope, receive, send)
@@ -53,6 +55,15 @@ class BodyLimitMiddleware:
             return message
 
         await self.app(scope, counting_receive, send)
+
+
+def _count_if_frame_of_a_line(scope: Scope) -> None:
+    """A frame refused before any route saw it still counts for its line, if the line
+    exists (a made-up name in the path must not add a metrics series)."""
+    parts = scope["path"].split("/")  # "", "v1", "lines", LINE, "frames" | "batch"
+    if len(parts) == 5 and parts[1:3] == ["v1", "lines"] and parts[4] in ("frames", "batch"):
+        if parts[3] in getattr(scope["app"].state, "lines", {}):
+            metrics.REJECTED.labels(parts[3], "413").inc()
 
 
 def _content_length(scope: Scope) -> int | None:

@@ -7,7 +7,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 import orjson
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from fastapi.routing import APIRoute
 
 from scrapvision.decode import DecodeError
@@ -91,13 +91,13 @@ async def post_frame(request: Request) -> Response:
     """
     received = time.time()
     line = frame_line(request)
-    meta = meta_from_request(request)
-    check_media_type(request, FRAME_MEDIA_TYPES)
-    frame = await request.body()  # size already limited by BodyLimitMiddleware
-    try:
+    try:  # a try, not a context manager: free on the path every frame takes
+        meta = meta_from_request(request)
+        check_media_type(request, FRAME_MEDIA_TYPES)
+        frame = await request.body()  # size already limited by BodyLimitMiddleware
         record = await line.decide(frame, meta, received)
-    except DecodeError as exc:
-        metrics.REJECTED.labels(line.name, str(exc.status)).inc()
+    except (DecodeError, HTTPException) as exc:
+        count_refusal(line.name, exc)
         raise
     if record.action == "overload":
         return json_response(record.to_dict(), 503, RETRY_AFTER)
@@ -110,8 +110,12 @@ async def post_batch(request: Request) -> Response:
     error}` per frame, so one bad frame does not fail the others."""
     received = time.time()
     line = frame_line(request)
-    check_media_type(request, frozenset({BATCH_MEDIA_TYPE}))
-    frames = split_batch(await request.body(), request.app.state.settings.max_batch_frames)
+    try:
+        check_media_type(request, frozenset({BATCH_MEDIA_TYPE}))
+        frames = split_batch(await request.body(), request.app.state.settings.max_batch_frames)
+    except HTTPException as exc:
+        count_refusal(line.name, exc)
+        raise
     metrics.BATCH_FRAMES.labels(line.name).observe(len(frames))
     results = [await decide_or_error(line, frame, meta, received) for meta, frame in frames]
     return json_response({"decisions": results})
@@ -136,11 +140,22 @@ def add_frame_routes(app_router: APIRouter) -> None:
                    **_ERRORS}, **common)
 
 
+def count_rejected(line: str, status: int) -> None:
+    metrics.REJECTED.labels(line, str(status)).inc()
+
+
+def count_refusal(line: str, exc: DecodeError | HTTPException) -> None:
+    """Every 4xx answered for a frame of `line`: metadata, media type, size, decoding."""
+    status = exc.status if isinstance(exc, DecodeError) else exc.status_code
+    if status < 500:
+        count_rejected(line, status)
+
+
 async def decide_or_error(line: Line, frame: bytes, meta: FrameMeta,
                           received: float) -> dict[str, Any]:
     """One frame of a batch or stream: its record, or an error entry in its place."""
     try:
         return (await line.decide(frame, meta, received)).to_dict()
     except DecodeError as exc:
-        metrics.REJECTED.labels(line.name, str(exc.status)).inc()
+        count_rejected(line.name, exc.status)
         return {"frame_id": meta.frame_id, "status": exc.status, "error": str(exc)}

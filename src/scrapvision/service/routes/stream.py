@@ -27,7 +27,7 @@ from scrapvision.service.auth import require_role
 from scrapvision.service.deps import get_line
 from scrapvision.service.framing import new_frame_id, parse_meta_json
 from scrapvision.service.lines import FrameMeta, Line, LineUnavailable
-from scrapvision.service.routes.lines import decide_or_error
+from scrapvision.service.routes.lines import count_rejected, decide_or_error
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["lines"])
@@ -51,12 +51,14 @@ async def stream(websocket: WebSocket, line: Line = Depends(get_line)) -> None:
                 try:
                     meta = parse_meta_json(message["text"])
                 except HTTPException as exc:
+                    count_rejected(line.name, exc.status_code)
                     await answers.put(_done({"frame_id": None, "status": exc.status_code,
                                              "error": exc.detail}))
                 continue
             frame = message.get("bytes") or b""
             frame_meta, meta = meta or FrameMeta(new_frame_id()), None
             if len(frame) > limit:
+                count_rejected(line.name, 413)
                 answer = _done({"frame_id": frame_meta.frame_id, "status": 413,
                                 "error": f"frame of {len(frame)} bytes exceeds {limit} bytes"})
             else:
