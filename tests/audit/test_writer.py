@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from scrapvision.audit.writer import GroupCommitWriter
@@ -92,3 +95,35 @@ def test_close_counts_what_an_unreachable_database_lost():
         writer.offer(item)
     writer.close()
     assert writer.stats().lost_at_close == 7 and writer.stats().buffered == 0
+
+
+class HangingDatabase:
+    """A database that takes the connection and then never answers, until released."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.entered = threading.Event()
+
+    def write(self, batch: list[int]) -> None:
+        self.entered.set()
+        self.release.wait()
+
+
+def test_the_tick_goes_on_while_a_write_hangs_and_close_gives_up_in_time():
+    database = HangingDatabase()
+    ticks = []
+    writer = GroupCommitWriter(database.write, interval_s=0.02, max_buffered=100, max_batch=10,
+                               retry_max_s=0.2, tick=lambda: ticks.append(writer.stats().buffered),
+                               close_timeout_s=0.3)
+    writer.start()
+    writer.offer(1)
+    assert database.entered.wait(5)
+    for item in range(2, 6):
+        writer.offer(item)
+    time.sleep(0.2)
+    assert ticks and ticks[-1] == 5  # the gauges see the backlog grow while the write hangs
+    started = time.monotonic()
+    writer.close()
+    assert time.monotonic() - started < 2
+    assert writer.stats().lost_at_close == 5
+    database.release.set()  # the hung write returns late: nothing breaks

@@ -21,9 +21,17 @@ SCRIPT_LOCATION = "scrapvision.audit:migrations"
 SQLITE_BUSY_TIMEOUT_MS = 5_000
 
 
+# libpq: a server that does not answer the connect, or a network that drops the connection
+# silently, is an error within seconds (retried, counted), not a write that hangs for ever.
+_POSTGRESQL_TIMEOUTS = {"connect_timeout": 5, "keepalives": 1, "keepalives_idle": 10,
+                        "keepalives_interval": 5, "keepalives_count": 3}
+
+
 def make_engine(url: str) -> Engine:
     """Engine for `url`; creates the SQLite file's folder and sets its pragmas."""
     parsed = make_url(url)
+    if parsed.get_backend_name() == "postgresql":
+        return create_engine(url, pool_pre_ping=True, connect_args=_POSTGRESQL_TIMEOUTS)
     if parsed.get_backend_name() != "sqlite":
         return create_engine(url, pool_pre_ping=True)
     if parsed.database and parsed.database != ":memory:":

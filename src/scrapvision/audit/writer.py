@@ -30,6 +30,7 @@ _WRITTEN = metrics.AUDIT_RECORDS.labels("written")
 _DROPPED_FULL = metrics.AUDIT_RECORDS.labels("dropped_full")
 _REJECTED = metrics.AUDIT_RECORDS.labels("rejected")
 _LOST_AT_CLOSE = metrics.AUDIT_RECORDS.labels("lost_at_close")
+CLOSE_TIMEOUT_S = 10.0  # a write hung on the database must not hold shutdown for ever
 
 Item = TypeVar("Item")
 
@@ -54,8 +55,9 @@ class GroupCommitWriter(Generic[Item]):
     buffer only after it is written, so a failed batch is retried in order. If `write`
     fails for a reason other than the database being unreachable, the batch is retried
     item by item and the items that still fail are counted as rejected, so one bad row
-    cannot block the rest. `tick` runs in the writer thread every `interval_s` (also while
-    retries back off) and after `close`: where the owner refreshes its gauges.
+    cannot block the rest. `tick` runs in a thread of its own after every drain and at
+    least every `interval_s` (so the gauges move on while a write hangs on the database),
+    and after `close`: where the owner refreshes its gauges.
     """
 
     def __init__(
@@ -68,6 +70,7 @@ class GroupCommitWriter(Generic[Item]):
         retry_max_s: float,
         name: str = "audit-writer",
         tick: Callable[[], None] | None = None,
+        close_timeout_s: float = CLOSE_TIMEOUT_S,
     ) -> None:
         self._write = write
         self._tick = tick or (lambda: None)
@@ -75,11 +78,15 @@ class GroupCommitWriter(Generic[Item]):
         self.max_buffered = max_buffered
         self.max_batch = max_batch
         self.retry_max_s = retry_max_s
+        self.close_timeout_s = close_timeout_s
         self._buffer: deque[Item] = deque()
         self._lock = threading.Lock()
         self._drain_lock = threading.Lock()  # one drainer at a time: no batch written twice
         self._stop = threading.Event()
+        self._tick_now = threading.Event()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._ticker = threading.Thread(target=self._tick_until_stopped, name=f"{name}-tick",
+                                        daemon=True)
         self._stats = WriterStats()
         self._failures = 0
 
@@ -95,18 +102,27 @@ class GroupCommitWriter(Generic[Item]):
 
     def start(self) -> None:
         self._thread.start()
+        self._ticker.start()
 
     def close(self) -> None:
-        """Stop the thread after writing everything buffered (one last try if it fails)."""
+        """Stop after writing everything buffered (one last try if it fails). The thread's
+        last drain is given `close_timeout_s`; if the database hangs that long, what is
+        still buffered counts as lost rather than holding shutdown."""
         self._stop.set()
+        self._tick_now.set()
+        if self._ticker.is_alive():
+            self._ticker.join()
         if self._thread.is_alive():
-            self._thread.join()
-        if not self.drain():
+            self._thread.join(self.close_timeout_s)
+            written = not self._thread.is_alive() and not self._buffer
+        else:
+            written = self.drain()
+        if not written:
             with self._lock:
                 lost = len(self._buffer)
                 self._stats.lost_at_close += lost
                 log.error("audit: %d buffered decisions could not be written at close: %s",
-                          lost, self._stats.last_error)
+                          lost, self._stats.last_error or "the database did not answer")
                 self._buffer.clear()
             _LOST_AT_CLOSE.inc(lost)
         self._tick()
@@ -126,8 +142,8 @@ class GroupCommitWriter(Generic[Item]):
                     return True
                 if not self._write_batch(batch):
                     return False
-                with self._lock:
-                    for _ in batch:
+                with self._lock:  # close() may have given up on it meanwhile
+                    for _ in range(min(len(batch), len(self._buffer))):
                         self._buffer.popleft()
 
     def _run(self) -> None:
@@ -136,6 +152,15 @@ class GroupCommitWriter(Generic[Item]):
             now = time.monotonic()
             if now >= retry_at:
                 retry_at = 0.0 if self.drain() else now + self._backoff() - self.interval_s
+                self._tick_now.set()
+        self.drain()  # the last one, which close() waits for
+
+    def _tick_until_stopped(self) -> None:
+        while True:
+            self._tick_now.wait(self.interval_s)
+            self._tick_now.clear()
+            if self._stop.is_set():
+                return
             self._tick()
 
     def _backoff(self) -> float:
