@@ -79,3 +79,18 @@ def test_a_late_record_from_an_earlier_minute_does_not_reset_the_caps(make_decis
     for seconds in (60, 61, 0, 62):  # the record at 0 s arrives after minute 1 began
         sampler.reason(make_decision(time=MINUTE + seconds, margin=0.0))
     assert sampler.skipped_by_cap == 2
+
+
+def test_a_failed_write_leaves_no_partial_file(tmp_path, monkeypatch):
+    import pathlib
+
+    store = FrameStore(tmp_path / "frames")
+
+    def disk_full(path, data):
+        path.open("wb").write(data[:10])  # part of it got out before the disk filled
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pathlib.Path, "write_bytes", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        store.save(colour_frame("red", 64, 48))
+    assert [path for path in (tmp_path / "frames").rglob("*") if path.is_file()] == []

@@ -116,8 +116,12 @@ class FrameStore:
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
             temporary = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
-            temporary.write_bytes(data)
-            os.replace(temporary, path)  # atomic: a reader never sees half a file
+            try:
+                temporary.write_bytes(data)
+                os.replace(temporary, path)  # atomic: a reader never sees half a file
+            except OSError:  # disk full, read-only: leave no partial file behind
+                temporary.unlink(missing_ok=True)
+                raise
         return frame_hash
 
     def unused_since(self, cutoff: float) -> Iterator[tuple[str, Path]]:
