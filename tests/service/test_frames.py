@@ -199,6 +199,7 @@ def _bomb_png(width: int, height: int) -> bytes:
     (colour_frame("red"), {"X-Capture-Time": "yesterday"}, 422, "capture_time"),
     (colour_frame("red"), {"X-Frame-Id": "has space"}, 422, "frame_id"),
     (colour_frame("red"), {"X-Capture-Time": "nan"}, 422, "capture_time"),
+    (colour_frame("red"), {"X-Capture-Time": "1e15"}, 422, "ahead of the server clock"),
 ])
 def test_bad_input_gets_a_clear_4xx(make_client, audit: RecordingAudit, body: bytes,
                                     headers: dict[str, str], status: int, message: str) -> None:
@@ -239,3 +240,15 @@ def test_every_refused_frame_counts_for_its_line(client: TestClient) -> None:
     client.post("/v1/lines/nope/frames", content=b"\0" * (9 * 1024 * 1024),
                 headers=frame_headers())  # unknown line: no series for it
     assert 'line="nope"' not in client.get("/metrics").text
+
+
+def test_a_capture_time_ahead_of_the_server_clock_is_refused_on_the_stream(
+        client: TestClient) -> None:
+    with client.websocket_connect("/v1/lines/tiny/stream") as socket:
+        socket.send_text(f'{{"capture_time": {time.time() + 3600}, "frame_id": "ahead"}}')
+        socket.send_bytes(colour_frame("red"))
+        answer = socket.receive_json()
+    assert answer.get("status") == 422 and "ahead of the server clock" in answer["error"]
+    slightly_ahead = client.post("/v1/lines/tiny/frames", content=colour_frame("red"),
+                                 headers=frame_headers("f-ahead", time.time() + 2))
+    assert slightly_ahead.status_code == 200  # within what NTP leaves

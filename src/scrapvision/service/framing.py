@@ -15,6 +15,7 @@ In Python: `struct.pack(">I", len(meta)) + meta + struct.pack(">I", len(jpg)) + 
 from __future__ import annotations
 
 import struct
+import time
 import uuid
 from typing import Annotated
 
@@ -34,6 +35,9 @@ BeltPosition = Annotated[float, Field(allow_inf_nan=False,
                                       description="encoder count / belt position")]
 
 _LENGTH = struct.Struct(">I")
+# A capture time further ahead of the server clock than this is a camera clock that runs
+# ahead: its frames would never be late and their fire times would be wrong.
+MAX_CLOCK_AHEAD_S = 10.0
 
 
 class FrameMetaIn(BaseModel):
@@ -59,9 +63,19 @@ def new_frame_id() -> str:
 def parse_meta_json(data: bytes | str) -> FrameMeta:
     """Metadata JSON -> FrameMeta; HTTPException(422) that says which field is wrong."""
     try:
-        return FrameMetaIn.model_validate_json(data).to_meta()
+        meta = FrameMetaIn.model_validate_json(data).to_meta()
     except ValidationError as exc:
         raise HTTPException(422, detail=f"bad frame metadata: {_summary(exc)}") from None
+    return _check_clock(meta)
+
+
+def _check_clock(meta: FrameMeta) -> FrameMeta:
+    if meta.capture_time is not None and meta.capture_time > time.time() + MAX_CLOCK_AHEAD_S:
+        ahead = meta.capture_time - time.time()
+        raise HTTPException(422, detail=f"bad frame metadata: capture_time is {ahead:.0f} s "
+                                        "ahead of the server clock: synchronise the camera "
+                                        "clock (NTP/PTP)")
+    return meta
 
 
 META_FIELDS = tuple(FrameMetaIn.model_fields)
@@ -85,10 +99,11 @@ def meta_from_request(request: Request) -> FrameMeta:
         if value is not None:
             values[name] = value
     try:
-        return FrameMetaIn.model_validate(values).to_meta()
+        meta = FrameMetaIn.model_validate(values).to_meta()
     except ValidationError as exc:
         raise HTTPException(
             422, detail=f"bad frame metadata (headers X-..., or query): {_summary(exc)}") from None
+    return _check_clock(meta)
 
 
 def _meta_parameters() -> list[dict[str, object]]:
