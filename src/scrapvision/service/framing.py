@@ -116,17 +116,23 @@ def _meta_parameters() -> list[dict[str, object]]:
 META_PARAMETERS = _meta_parameters()
 
 
-def split_batch(body: bytes, max_frames: int) -> list[tuple[FrameMeta, bytes]]:
-    """Split a batch body into (metadata, frame) pairs; HTTPException(400/413/422) if malformed."""
+def split_batch(body: bytes, max_frames: int) -> list[tuple[FrameMeta | HTTPException, bytes]]:
+    """Split a batch body into (metadata, frame) pairs; HTTPException(400/413) when the
+    framing is broken. A frame's bad metadata is its own HTTPException(422) in place of its
+    metadata, so that one frame is refused and the others are still decided."""
     view = memoryview(body)
-    frames: list[tuple[FrameMeta, bytes]] = []
+    frames: list[tuple[FrameMeta | HTTPException, bytes]] = []
     pos = 0
     while pos < len(view):
         if len(frames) == max_frames:
             raise HTTPException(413, detail=f"batch holds more than {max_frames} frames")
         meta_bytes, pos = _chunk(view, pos, "metadata", len(frames))
         frame, pos = _chunk(view, pos, "frame", len(frames))
-        frames.append((parse_meta_json(meta_bytes), frame))
+        try:
+            meta: FrameMeta | HTTPException = parse_meta_json(meta_bytes)
+        except HTTPException as exc:
+            meta = exc
+        frames.append((meta, frame))
     if not frames:
         raise HTTPException(400, detail="empty batch body")
     return frames

@@ -117,7 +117,8 @@ async def post_batch(request: Request) -> Response:
         count_refusal(line.name, exc)
         raise
     metrics.BATCH_FRAMES.labels(line.name).observe(len(frames))
-    results = [await decide_or_error(line, frame, meta, received) for meta, frame in frames]
+    results = [await decide_or_error(line, frame, meta, received) if isinstance(meta, FrameMeta)
+               else _refused_meta(line, meta) for meta, frame in frames]
     return json_response({"decisions": results})
 
 
@@ -149,6 +150,11 @@ def count_refusal(line: str, exc: DecodeError | HTTPException) -> None:
     status = exc.status if isinstance(exc, DecodeError) else exc.status_code
     if status < 500:
         count_rejected(line, status)
+
+
+def _refused_meta(line: Line, exc: HTTPException) -> dict[str, Any]:
+    count_rejected(line.name, exc.status_code)
+    return {"frame_id": None, "status": exc.status_code, "error": exc.detail}
 
 
 async def decide_or_error(line: Line, frame: bytes, meta: FrameMeta,
