@@ -187,3 +187,23 @@ def test_migrations_match_the_table_definitions(store):
     with store.engine.connect() as connection:
         context = MigrationContext.configure(connection)
         assert compare_metadata(context, metadata) == []
+
+
+def test_a_sqlite_file_deleted_under_the_store_is_recreated_and_written(tmp_path,
+                                                                        make_decision):
+    database = tmp_path / "audit.db"
+    store = AuditStore(AuditSettings(url=f"sqlite:///{database}",
+                                     frames_dir=tmp_path / "frames")).start()
+    try:
+        store.submit(make_decision(frame_id="before"))
+        assert store.flush()
+        for path in tmp_path.glob("audit.db*"):
+            path.unlink()  # an operator cleaning up, or a bad backup script
+        store.submit(make_decision(frame_id="after"))
+        assert store.flush()
+    finally:
+        store.close()
+    engine = create_engine(f"sqlite:///{database}")
+    with engine.connect() as connection:
+        assert connection.scalars(select(decisions.c.frame_id)).all() == ["after"]
+    engine.dispose()

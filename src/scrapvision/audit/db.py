@@ -27,6 +27,13 @@ _POSTGRESQL_TIMEOUTS = {"connect_timeout": 5, "keepalives": 1, "keepalives_idle"
                         "keepalives_interval": 5, "keepalives_count": 3}
 
 
+def sqlite_file(engine: Engine) -> Path | None:
+    """The database file of a SQLite engine (None: another database, or in memory)."""
+    if engine.dialect.name != "sqlite" or engine.url.database in (None, "", ":memory:"):
+        return None
+    return Path(engine.url.database)
+
+
 def make_engine(url: str) -> Engine:
     """Engine for `url`; creates the SQLite file's folder and sets its pragmas."""
     parsed = make_url(url)

@@ -31,7 +31,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 
 from scrapvision.audit import retention
-from scrapvision.audit.db import make_engine, migrate
+from scrapvision.audit.db import make_engine, migrate, sqlite_file
 from scrapvision.audit.frames import FrameSampler, FrameStore
 from scrapvision.audit.settings import AuditSettings
 from scrapvision.audit.tables import decisions, tally_minutes
@@ -86,6 +86,7 @@ class AuditStore:
         self._frame_counts = {"kept": 0, "dropped_pending": 0, "failed": 0}
         self._submit_errors = 0
         self._migrated = False
+        self._file_identity: tuple[int, int] | None = None  # of the SQLite file migrated
         self._started = False
         self._published_skips = 0  # sampler.skipped_by_cap already added to the counter
 
@@ -110,6 +111,13 @@ class AuditStore:
     def _migrate(self) -> None:
         migrate(self.engine)
         self._migrated = True
+        self._file_identity = _identity(sqlite_file(self.engine))
+
+    def _database_file_replaced(self) -> bool:
+        """A SQLite file deleted or replaced under the service: its open connections would
+        go on writing into the unlinked file, and every decision would be lost on exit."""
+        path = sqlite_file(self.engine)
+        return path is not None and self._migrated and _identity(path) != self._file_identity
 
     def close(self) -> None:
         """Write everything buffered, then release the database."""
@@ -287,6 +295,11 @@ class AuditStore:
             _FRAMES[outcome].inc()
 
     def _write(self, batch: list[Pending]) -> None:
+        if self._database_file_replaced():
+            log.error("audit: %s was deleted or replaced; writing to a new database file there",
+                      sqlite_file(self.engine))
+            self.engine.dispose()  # drop the connections to the old file
+            self._migrated = False
         if not self._migrated:
             self._migrate()
         self._save_frames(batch)
@@ -294,6 +307,17 @@ class AuditStore:
         with self.engine.begin() as connection:
             connection.exec_driver_sql(self._insert.sql, self._insert.parameters(batch))
             connection.execute(self._upsert, rollups)
+
+
+def _identity(path: os.PathLike | None) -> tuple[int, int] | None:
+    """(device, inode) of a file, None when absent: what changes when it is replaced."""
+    if path is None:
+        return None
+    try:
+        status = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return status.st_dev, status.st_ino
 
 
 # (column, length) of the bounded string columns: a too-long id from a client is cut to
