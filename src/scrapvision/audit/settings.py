@@ -31,7 +31,8 @@ class FrameSampling(ConfigSection):
         2, ge=0, description="first N frames of every class each minute, so every class is seen"
     )
     max_per_minute: int = Field(
-        60, ge=0, description="cap on frames kept per line per minute (bounds disk use)"
+        60, ge=0, description="cap on frames kept per line and worker process per minute "
+        "(bounds disk use)"
     )
     max_pending: int = Field(
         64, ge=1, description="frames waiting for the writer; beyond it frames (not records) drop"
