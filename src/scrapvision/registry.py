@@ -25,8 +25,10 @@ MODEL_FILE = "model.onnx"
 CARD_FILE = "card.json"
 ACTIVE_FILE = "active.json"
 _VERSION = re.compile(r"^v(\d+)$")
-# One folder, never a path; at most 64 characters, the audit store's column.
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# One folder, never a path; at most 64 characters, the audit store's column. Line names
+# follow it too (settings.LineName): they are URL segments, MQTT topic levels, that column.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+_NAME = re.compile(NAME_PATTERN)
 
 
 class RegistryError(LookupError):
@@ -69,11 +71,16 @@ def replace_readable(tmp_name: str, path: Path) -> None:
     os.replace(tmp_name, path)
 
 
+def _unreadable(path: Path, exc: OSError) -> RegistryFileError:
+    """Permissions, I/O error: reported and repaired like a damaged file."""
+    return RegistryFileError(f"{path} cannot be read: {exc.strerror}")
+
+
 def _read(path: Path) -> bytes:
     try:
         return path.read_bytes()
-    except OSError as exc:  # permissions, I/O error: the same repair as a damaged file
-        raise RegistryFileError(f"{path} cannot be read: {exc.strerror}") from None
+    except OSError as exc:
+        raise _unreadable(path, exc) from None
 
 
 def check_name(name: str) -> str:
@@ -94,7 +101,7 @@ class ModelRegistry:
         if not self.root.is_dir():
             return []
         return sorted(p.name for p in self.root.iterdir()
-                      if _NAME.match(p.name) and p.is_dir() and self._may_hold_versions(p.name))
+                      if _NAME.match(p.name) and self._may_hold_versions(p.name))
 
     def _may_hold_versions(self, name: str) -> bool:
         try:
@@ -110,7 +117,7 @@ class ModelRegistry:
             found = [p.name for p in folder.iterdir() if _VERSION.match(p.name)
                      and (p / MODEL_FILE).is_file()]
         except OSError as exc:
-            raise RegistryFileError(f"{folder} cannot be read: {exc.strerror}") from None
+            raise _unreadable(folder, exc) from None
         return sorted(found, key=lambda v: int(v[1:]))
 
     def _state(self, name: str) -> dict[str, Any]:

@@ -27,12 +27,14 @@ from pydantic_settings import (
 
 from scrapvision.audit.settings import AuditSettings
 from scrapvision.configsection import ConfigSection
+from scrapvision.registry import NAME_PATTERN
 
 CONFIG_ENV = "SCRAPVISION_CONFIG"
 DEFAULT_DEADLINE_MS = 80.0  # 0.3 m camera-to-ejector at 3 m/s, minus 20 ms valve time
 DEFAULT_MIN_CONFIDENCE = 0.5
-# A line name is a URL path segment, an MQTT topic level and a 64-character audit column.
-LineName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+# A line name is a URL path segment, an MQTT topic level and a 64-character audit column:
+# the registry's rule for model names.
+LineName = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
 
 
 class FusionSettings(ConfigSection):

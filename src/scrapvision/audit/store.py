@@ -86,6 +86,7 @@ class AuditStore:
         self._frame_counts = {"kept": 0, "dropped_pending": 0, "failed": 0}
         self._submit_errors = 0
         self._migrated = False
+        self._sqlite_path = sqlite_file(self.engine)  # None: not SQLite, or in memory
         self._file_identity: tuple[int, int] | None = None  # of the SQLite file migrated
         self._started = False
         self._published_skips = 0  # sampler.skipped_by_cap already added to the counter
@@ -111,13 +112,13 @@ class AuditStore:
     def _migrate(self) -> None:
         migrate(self.engine)
         self._migrated = True
-        self._file_identity = _identity(sqlite_file(self.engine))
+        self._file_identity = _identity(self._sqlite_path)
 
     def _database_file_replaced(self) -> bool:
         """A SQLite file deleted or replaced under the service: its open connections would
         go on writing into the unlinked file, and every decision would be lost on exit."""
-        path = sqlite_file(self.engine)
-        return path is not None and self._migrated and _identity(path) != self._file_identity
+        return (self._sqlite_path is not None and self._migrated
+                and _identity(self._sqlite_path) != self._file_identity)
 
     def close(self) -> None:
         """Write everything buffered, then release the database."""
@@ -297,7 +298,7 @@ class AuditStore:
     def _write(self, batch: list[Pending]) -> None:
         if self._database_file_replaced():
             log.error("audit: %s was deleted or replaced; writing to a new database file there",
-                      sqlite_file(self.engine))
+                      self._sqlite_path)
             self.engine.dispose()  # drop the connections to the old file
             self._migrated = False
         if not self._migrated:

@@ -160,20 +160,17 @@ class ModelManager:
             try:
                 await self._sync_slot(slot)
             except Exception as exc:  # a failing watcher would leave this model on its version
-                problem = f"model watch failed: {exc!r}"
-                if problem != slot.registry_error:  # once per problem, not every poll
+                if _note_problem(slot, f"model watch failed: {exc!r}"):
                     log.exception("model watch failed; trying again at the next poll",
                                   extra={"model": slot.name})
-                slot.registry_error = problem
 
     async def _sync_slot(self, slot: ModelSlot) -> None:
         try:
             active = self.registry.active(slot.name)
         except RegistryError as exc:  # deleted, damaged, unreadable or mid-edit by hand
-            if str(exc) != slot.registry_error:  # once per problem, not every poll
+            if _note_problem(slot, str(exc)):
                 log.warning("registry not readable; the current version keeps serving",
                             extra={"model": slot.name, "error": str(exc)})
-            slot.registry_error = str(exc)
             return
         slot.registry_error = None
         serving = slot.current.version if slot.current else None
@@ -211,6 +208,13 @@ class ModelManager:
                 "registry_error": slot.registry_error,
             })
         return out
+
+
+def _note_problem(slot: ModelSlot, problem: str) -> bool:
+    """Show `problem` in /v1/models; True when it is new, so it is logged once, not every poll."""
+    new = problem != slot.registry_error
+    slot.registry_error = problem
+    return new
 
 
 def _safe(func: Any, *args: Any) -> Any:
